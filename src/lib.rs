@@ -1,0 +1,30 @@
+//! taskgate: an HTTP gateway in front of Tencent Cloud SSM `DescribeAsyncRequestInfo`.
+//!
+//! Internal services call `GET /tasks/{flow_id}`; taskgate signs the upstream call with centrally
+//! held credentials and answers clean JSON.
+//!
+//! - `config`: settings from flags and environment, parsed and validated once
+//! - `credentials`: redacting secret types and the swappable credential store
+//! - `signing`: TC3-HMAC-SHA256 as pure functions
+//! - `task`: flow ids, task status, the task body
+//! - `upstream`: the signed awc call and the strict reading of its answer
+//! - `lookup`: the pipeline between handler and upstream
+//! - `error`: `ApiError` and its one mapping to problem+json
+//! - `metrics`: the Prometheus registry and typed handles
+//! - `routes`, `state`, `startup`: the HTTP surface and the application's lifecycle
+//! - `demo`: the embedded simulated upstream behind `--demo`
+//! - `clock`: the seam for time
+
+pub mod clock;
+pub mod config;
+pub mod credentials;
+pub mod demo;
+pub mod error;
+pub mod lookup;
+pub mod metrics;
+pub mod routes;
+pub mod signing;
+pub mod startup;
+pub mod state;
+pub mod task;
+pub mod upstream;

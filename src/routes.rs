@@ -1,0 +1,116 @@
+//! Thin HTTP handlers: parse, call the lookup, render. No business logic lives here.
+
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use crate::error::ApiError;
+use crate::lookup::LookupService;
+use crate::state::AppState;
+use crate::task::FlowId;
+use crate::upstream::UpstreamClient;
+
+/// `Allow` of the task route.
+pub const TASK_METHODS: &str = "GET, HEAD";
+/// `Allow` of the operational routes.
+pub const OPS_METHODS: &str = "GET, HEAD";
+
+/// Registers every route; shared by the server and the tests.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        // `{flow_id:.*}` takes the whole tail, so `/tasks/1/2` and `/tasks/` reach the parser and
+        // get a 400 that explains the flow id, rather than a bare 404.
+        web::resource("/tasks/{flow_id:.*}")
+            .route(web::get().to(get_task))
+            .route(web::head().to(get_task))
+            .default_service(web::to(|| async {
+                ApiError::MethodNotAllowed {
+                    allow: TASK_METHODS,
+                }
+            })),
+    )
+    .service(ops_resource("/healthz", healthz))
+    .service(ops_resource("/readyz", readyz))
+    .service(ops_resource("/metrics", metrics));
+}
+
+fn ops_resource<F, R>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<(web::Data<AppState>,), Output = R>,
+    R: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler.clone()))
+        .route(web::head().to(handler))
+        .default_service(web::to(|| async {
+            ApiError::MethodNotAllowed { allow: OPS_METHODS }
+        }))
+}
+
+/// Answers every path that matches no route.
+pub async fn not_found() -> ApiError {
+    ApiError::RouteNotFound
+}
+
+/// The deadline a caller asks for with `X-Request-Timeout` (`2s`, `500ms` or plain seconds),
+/// which may only shorten the configured one.
+fn caller_timeout(req: &HttpRequest, configured: Duration) -> Result<Duration, ApiError> {
+    let Some(value) = req.headers().get("x-request-timeout") else {
+        return Ok(configured);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    let asked = text
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .or_else(|_| humantime::parse_duration(text))
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            ApiError::InvalidRequest(
+                "X-Request-Timeout must be a positive duration such as 2s or 500ms".into(),
+            )
+        })?;
+    Ok(asked.min(configured))
+}
+
+async fn get_task(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    lookup: web::Data<LookupService>,
+    client: web::Data<UpstreamClient>,
+) -> Result<HttpResponse, ApiError> {
+    let raw = req.match_info().get("flow_id").unwrap_or_default();
+    let flow_id = FlowId::parse(raw).map_err(ApiError::InvalidFlowId)?;
+    let timeout = caller_timeout(&req, state.request_timeout)?;
+    let deadline = lookup.clock().now() + timeout;
+    let task = lookup.lookup(&client, flow_id, deadline, None).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "application/json"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(task.to_json()))
+}
+
+async fn healthz(_state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    match state.readiness() {
+        Ok(()) => HttpResponse::Ok()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .json(serde_json::json!({"status": "ready"})),
+        Err(reason) => HttpResponse::ServiceUnavailable()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .json(serde_json::json!({"status": "not_ready", "reason": reason})),
+    }
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8"))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(state.metrics.render())
+}

@@ -1,0 +1,189 @@
+//! `Application`: everything built once at start, the HTTP server, and how it stops.
+//!
+//! `build` binds the listener (port 0 in tests), builds the shared state (credentials, metrics,
+//! lookup) exactly once, and gives each worker its own upstream client (awc is not `Send`).
+//! `run_until_stopped` serves until the server is stopped by a signal or a handle.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{web, App, HttpServer};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, ConfigError};
+use crate::credentials::CredentialStore;
+use crate::demo::DemoUpstream;
+use crate::lookup::LookupService;
+use crate::metrics::Route;
+use crate::routes;
+use crate::state::AppState;
+use crate::upstream::{tls, UpstreamClient, UpstreamTarget};
+
+/// Why taskgate could not start. Each names the setting or resource at fault.
+#[derive(Debug)]
+pub enum StartupError {
+    Config(ConfigError),
+    Io(&'static str, std::io::Error),
+}
+
+impl std::fmt::Display for StartupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Config(e) => e.fmt(f),
+            Self::Io(what, e) => write!(f, "{what}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartupError {}
+
+impl From<ConfigError> for StartupError {
+    fn from(e: ConfigError) -> Self {
+        Self::Config(e)
+    }
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: web::Data<AppState>,
+    demo: Option<DemoUpstream>,
+}
+
+impl Application {
+    /// Builds the whole service from a parsed configuration. Must run inside an actix system.
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let configured_endpoint = config.validate()?;
+        let credentials = config.credentials()?;
+
+        let demo = if config.demo {
+            let demo = DemoUpstream::start(credentials.clone())
+                .map_err(|e| StartupError::Io("starting the demo upstream", e))?;
+            log::warn!(
+                "demo mode: serving from an embedded simulated SSM upstream at {} with \
+                 throwaway credentials; no call leaves this machine",
+                demo.endpoint().url
+            );
+            Some(demo)
+        } else {
+            None
+        };
+        let endpoint = demo
+            .as_ref()
+            .map(DemoUpstream::endpoint)
+            .unwrap_or(configured_endpoint);
+
+        let tls = tls::client_config(config.upstream_ca_file.as_deref()).map_err(|message| {
+            ConfigError {
+                setting: "TASKGATE_UPSTREAM_CA_FILE".into(),
+                message,
+            }
+        })?;
+        let target = Arc::new(UpstreamTarget {
+            endpoint,
+            region: config.effective_region().map(str::to_owned),
+            attempt_timeout: config.upstream_timeout,
+            connect_timeout: config.connect_timeout,
+            tls,
+        });
+
+        let metrics = Arc::new(crate::metrics::Metrics::new(config.rate_limit));
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let credentials = Arc::new(CredentialStore::new(credentials));
+        let lookup = web::Data::new(LookupService::new(
+            credentials,
+            Arc::clone(&metrics),
+            Arc::clone(&clock),
+        ));
+        let state = web::Data::new(AppState::new(
+            Arc::clone(&metrics),
+            config.request_timeout,
+        ));
+
+        let listener = TcpListener::bind(config.listen)
+            .map_err(|e| StartupError::Io("binding TASKGATE_LISTEN", e))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| StartupError::Io("reading the bound address", e))?
+            .port();
+        let workers = config
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+
+        let server_state = state.clone();
+        let server = HttpServer::new(move || {
+            let client = web::Data::new(UpstreamClient::new(Arc::clone(&target)));
+            App::new()
+                .app_data(server_state.clone())
+                .app_data(lookup.clone())
+                .app_data(client)
+                .wrap(from_fn(observe))
+                .configure(routes::configure)
+                .default_service(web::to(routes::not_found))
+        })
+        .workers(workers)
+        .listen(listener)
+        .map_err(|e| StartupError::Io("listening on TASKGATE_LISTEN", e))?
+        .run();
+
+        log::info!(
+            "taskgate {} listening on port {port} with {workers} workers, upstream {}",
+            env!("CARGO_PKG_VERSION"),
+            if config.demo {
+                "embedded demo"
+            } else {
+                config.upstream_endpoint.as_str()
+            }
+        );
+        Ok(Self {
+            port,
+            server,
+            state,
+            demo,
+        })
+    }
+
+    /// The bound port (useful with `TASKGATE_LISTEN=127.0.0.1:0`).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until stopped, then stops the demo upstream if there is one.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        if let Some(demo) = &self.demo {
+            demo.stop().await;
+        }
+        result
+    }
+}
+
+/// Records every request's route template, status and duration.
+async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = std::time::Instant::now();
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let route = Route::of_path(req.path());
+    let response = next.call(req).await?;
+    if let Some(state) = state {
+        state.metrics.record_http(
+            route,
+            response.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+    }
+    Ok(response)
+}
