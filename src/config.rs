@@ -44,6 +44,7 @@ fn parse_count(text: &str) -> Result<usize, String> {
 #[command(
     name = "taskgate",
     version,
+    args_override_self = true,
     about = "HTTP gateway for Tencent Cloud SSM DescribeAsyncRequestInfo: signs, caches, \
              coalesces and rate-limits task lookups",
     after_help = "Credentials are read as the Tencent Cloud tools read them: TENCENTCLOUD_SECRET_ID, \
@@ -293,7 +294,10 @@ impl Config {
 
 /// clap names the flag (`--upstream-timeout <DURATION>`); operators set the variable. Say both.
 fn name_env_in_error(error: clap::Error) -> clap::Error {
-    use clap::error::{ContextKind, ContextValue};
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(error.kind(), ErrorKind::ValueValidation | ErrorKind::InvalidValue) {
+        return error;
+    }
     let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
         return error;
     };

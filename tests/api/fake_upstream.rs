@@ -1,0 +1,384 @@
+//! A fake Tencent Cloud SSM for black-box tests: a raw HTTP/1.1 server on `127.0.0.1:0` that
+//! checks every request as Tencent does, with its own implementation of TC3-HMAC-SHA256 (written
+//! from the spec, independent of `taskgate::signing`), counts calls with their arrival times, and
+//! answers from a per-flow-id script: tasks, error codes, bad statuses, garbage, closed
+//! connections, slow and dripping answers, optionally over TLS.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+pub const FAKE_SECRET_ID: &str = "AKIDfakeTESTid0000000000000000000000";
+pub const FAKE_SECRET_KEY: &str = "fakeTESTsecretKEYdoNOTuse00000000";
+
+/// What the fake answers for a flow id.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// `{"Response":{"TaskStatus":..}}`.
+    Task(i64),
+    /// `{"Response":{"Error":{"Code":..}}}` with HTTP 200, as Tencent does.
+    Error(&'static str),
+    /// Any status and body.
+    Raw(u16, &'static str),
+    /// Close the connection without answering.
+    Close,
+    /// Wait, then answer.
+    Delay(Duration, Box<Reply>),
+    /// Send the headers and the first bytes, then drip the rest slowly.
+    Drip(Duration),
+    /// Successive calls get successive replies; the last one repeats.
+    Sequence(Vec<Reply>),
+}
+
+/// One request as it arrived.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub at: Instant,
+    pub flow_id: Option<i64>,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Why the fake rejected the signature, if it did.
+    pub signature_error: Option<String>,
+}
+
+impl Call {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    calls: Vec<Call>,
+    script: HashMap<i64, Reply>,
+    served: HashMap<i64, usize>,
+    default: Option<Reply>,
+    token: Option<String>,
+}
+
+/// A running fake; dropped with the test.
+#[derive(Clone)]
+pub struct FakeUpstream {
+    pub url: String,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl FakeUpstream {
+    /// A plain-HTTP fake on its own thread and runtime, independent of the test's.
+    pub fn start() -> Self {
+        Self::start_with_tls(None)
+    }
+
+    pub fn start_with_tls(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        let shared = Arc::new(Mutex::new(Shared {
+            default: Some(Reply::Task(1)),
+            ..Shared::default()
+        }));
+        let tls_enabled = tls.is_some();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread_shared = Arc::clone(&shared);
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap().port()).unwrap();
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else { continue };
+                    let shared = Arc::clone(&thread_shared);
+                    let tls = tls.clone();
+                    tokio::spawn(async move {
+                        match tls {
+                            Some(acceptor) => {
+                                if let Ok(stream) = acceptor.accept(stream).await {
+                                    serve(stream, shared).await;
+                                }
+                            }
+                            None => serve(stream, shared).await,
+                        }
+                    });
+                }
+            });
+        });
+        let port = rx.recv().unwrap();
+        let scheme = if tls_enabled { "https" } else { "http" };
+        Self {
+            url: format!("{scheme}://127.0.0.1:{port}"),
+            shared,
+        }
+    }
+
+    /// Scripts the reply for one flow id.
+    pub fn script(&self, flow_id: i64, reply: Reply) {
+        let mut shared = self.shared.lock().unwrap();
+        shared.script.insert(flow_id, reply);
+        shared.served.remove(&flow_id);
+    }
+
+    /// The reply for every flow id without a script (default: succeeded).
+    pub fn default_reply(&self, reply: Reply) {
+        self.shared.lock().unwrap().default = Some(reply);
+    }
+
+    /// Temporary credentials: requests must carry this `X-TC-Token`.
+    pub fn require_token(&self, token: &str) {
+        self.shared.lock().unwrap().token = Some(token.to_string());
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.shared.lock().unwrap().calls.clone()
+    }
+
+    pub fn call_count(&self) -> usize {
+        self.shared.lock().unwrap().calls.len()
+    }
+
+    pub fn calls_for(&self, flow_id: i64) -> usize {
+        self.shared
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .filter(|c| c.flow_id == Some(flow_id))
+            .count()
+    }
+
+    /// The largest number of calls that arrived within any one-second window.
+    pub fn max_calls_in_any_second(&self) -> usize {
+        let mut times: Vec<Instant> = self.calls().iter().map(|c| c.at).collect();
+        times.sort();
+        let mut best = 0;
+        let mut start = 0;
+        for end in 0..times.len() {
+            while times[end].duration_since(times[start]) >= Duration::from_secs(1) {
+                start += 1;
+            }
+            best = best.max(end - start + 1);
+        }
+        best
+    }
+}
+
+struct Request {
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+async fn read_request<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Option<Request> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let mut lines = head.split("\r\n");
+            let _request_line = lines.next()?;
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+                .collect();
+            let length = headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            let body_start = end + 4;
+            while buf.len() < body_start + length {
+                let mut chunk = [0u8; 4096];
+                let n = stream.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let body = buf[body_start..body_start + length].to_vec();
+            buf.drain(..body_start + length);
+            return Some(Request { headers, body });
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shared: Arc<Mutex<Shared>>) {
+    let mut buf = Vec::new();
+    while let Some(request) = read_request(&mut stream, &mut buf).await {
+        let at = Instant::now();
+        let flow_id = serde_json::from_slice::<serde_json::Value>(&request.body)
+            .ok()
+            .and_then(|v| v["FlowID"].as_i64());
+        let reply = {
+            let mut shared = shared.lock().unwrap();
+            let signature_error = verify(&request, shared.token.as_deref()).err();
+            let reply = match (&signature_error, flow_id) {
+                (Some(_), _) => Reply::Error("AuthFailure.SignatureFailure"),
+                (None, None) => Reply::Error("InvalidParameter"),
+                (None, Some(id)) => {
+                    let served = shared.served.entry(id).or_insert(0);
+                    let index = *served;
+                    *served += 1;
+                    match shared.script.get(&id).or(shared.default.as_ref()) {
+                        Some(Reply::Sequence(list)) => list[index.min(list.len() - 1)].clone(),
+                        Some(reply) => reply.clone(),
+                        None => Reply::Task(1),
+                    }
+                }
+            };
+            shared.calls.push(Call {
+                at,
+                flow_id,
+                headers: request.headers.clone(),
+                body: request.body.clone(),
+                signature_error: signature_error.clone(),
+            });
+            reply
+        };
+        if !answer(&mut stream, reply).await {
+            return;
+        }
+    }
+}
+
+fn request_id() -> String {
+    format!("fake-{:016x}", fastrand::u64(..))
+}
+
+/// Writes one answer; false when the connection must end.
+async fn answer<S: AsyncWrite + Unpin>(stream: &mut S, reply: Reply) -> bool {
+    let mut reply = reply;
+    while let Reply::Delay(delay, next) = reply {
+        tokio::time::sleep(delay).await;
+        reply = *next;
+    }
+    let (status, body) = match reply {
+        Reply::Task(status) => (
+            200,
+            format!(
+                r#"{{"Response":{{"TaskStatus":{status},"Description":"fake task {status}","RequestId":"{}"}}}}"#,
+                request_id()
+            ),
+        ),
+        Reply::Error(code) => (
+            200,
+            format!(
+                r#"{{"Response":{{"Error":{{"Code":"{code}","Message":"fake {code}"}},"RequestId":"{}"}}}}"#,
+                request_id()
+            ),
+        ),
+        Reply::Raw(status, body) => (status, body.to_string()),
+        Reply::Close => return false,
+        Reply::Drip(every) => {
+            let body = r#"{"Response":{"TaskStatus":1,"Description":"drip","RequestId":"x"}}"#;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                return false;
+            }
+            for byte in body.bytes() {
+                tokio::time::sleep(every).await;
+                if stream.write_all(&[byte]).await.is_err() {
+                    return false;
+                }
+                let _ = stream.flush().await;
+            }
+            return true;
+        }
+        Reply::Delay(..) | Reply::Sequence(_) => unreachable!("resolved above"),
+    };
+    let response = format!(
+        "HTTP/1.1 {status} Fake\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await.is_ok() && stream.flush().await.is_ok()
+}
+
+fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap();
+    mac.update(data);
+    mac.finalize().into_bytes().to_vec()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks a request the way Tencent's API gateway does.
+fn verify(request: &Request, token: Option<&str>) -> Result<(), String> {
+    let get = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    let need = |name: &str| get(name).ok_or(format!("missing header {name}"));
+    if need("X-TC-Action")? != "DescribeAsyncRequestInfo" {
+        return Err("wrong action".into());
+    }
+    if need("X-TC-Version")? != "2019-09-23" {
+        return Err("wrong version".into());
+    }
+    let content_type = need("Content-Type")?;
+    if content_type != "application/json" {
+        return Err(format!("content type {content_type:?}"));
+    }
+    let host = need("Host")?;
+    let timestamp: i64 = need("X-TC-Timestamp")?.parse().map_err(|_| "bad timestamp")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    if (now - timestamp).abs() > 300 {
+        return Err("signature expired".into());
+    }
+    match (token, get("X-TC-Token")) {
+        (Some(want), Some(got)) if want == got => {}
+        (None, None) => {}
+        _ => return Err("token mismatch".into()),
+    }
+    let authorization = need("Authorization")?;
+    let date = time::OffsetDateTime::from_unix_timestamp(timestamp)
+        .map_err(|_| "timestamp out of range")?
+        .date();
+    let date = format!(
+        "{:04}-{:02}-{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    );
+    let canonical = format!(
+        "POST\n/\n\ncontent-type:{content_type}\nhost:{host}\n\ncontent-type;host\n{}",
+        hex(&Sha256::digest(&request.body))
+    );
+    let scope = format!("{date}/ssm/tc3_request");
+    let to_sign = format!(
+        "TC3-HMAC-SHA256\n{timestamp}\n{scope}\n{}",
+        hex(&Sha256::digest(canonical.as_bytes()))
+    );
+    let k_date = hmac(format!("TC3{FAKE_SECRET_KEY}").as_bytes(), date.as_bytes());
+    let k_service = hmac(&k_date, b"ssm");
+    let k_signing = hmac(&k_service, b"tc3_request");
+    let signature = hex(&hmac(&k_signing, to_sign.as_bytes()));
+    let expected = format!(
+        "TC3-HMAC-SHA256 Credential={FAKE_SECRET_ID}/{scope}, SignedHeaders=content-type;host, Signature={signature}"
+    );
+    if authorization != expected {
+        return Err("signature mismatch".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! `spawn_app()`: taskgate on `127.0.0.1:0` against a fake upstream, and a client to call it.
+//! `spawn_process()`: the real binary as a child process, its log captured, for the tests that
+//! judge what an operator sees (logs, exit codes, signals).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use taskgate::config::Config;
+use taskgate::startup::Application;
+
+use crate::fake_upstream::{FakeUpstream, FAKE_SECRET_ID, FAKE_SECRET_KEY};
+
+pub struct TestApp {
+    pub base: String,
+    pub fake: FakeUpstream,
+    pub client: awc::Client,
+    pub handle: actix_web::dev::ServerHandle,
+    pub state: actix_web::web::Data<taskgate::state::AppState>,
+}
+
+/// A parsed answer.
+pub struct Answer {
+    pub status: u16,
+    pub headers: awc::http::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// The arguments every test app gets: loopback, fake credentials, the fake's URL.
+pub fn base_args(fake: &FakeUpstream) -> Vec<String> {
+    [
+        "taskgate",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--upstream-endpoint",
+        &fake.url,
+        "--secret-id",
+        FAKE_SECRET_ID,
+        "--secret-key",
+        FAKE_SECRET_KEY,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(FakeUpstream::start(), &[]).await
+}
+
+pub async fn spawn_app_with(fake: FakeUpstream, extra: &[&str]) -> TestApp {
+    let mut args = base_args(&fake);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let config = Config::from_args(args).expect("test configuration parses");
+    let app = Application::build(config).await.expect("the app builds");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let handle = app.handle();
+    let state = app.state();
+    actix_rt::spawn(app.run_until_stopped());
+    TestApp {
+        base,
+        fake,
+        client: client(),
+        handle,
+        state,
+    }
+}
+
+/// A client that can hold many connections at once (for herd tests).
+pub fn client() -> awc::Client {
+    awc::Client::builder()
+        .connector(awc::Connector::new().limit(1000))
+        .timeout(Duration::from_secs(60))
+        .finish()
+}
+
+impl TestApp {
+    pub async fn get(&self, path: &str) -> Answer {
+        self.request(self.client.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    pub async fn request(&self, request: awc::ClientRequest) -> Answer {
+        let mut response = request.send().await.expect("taskgate answers");
+        let body = response
+            .body()
+            .limit(1 << 20)
+            .await
+            .expect("the body arrives")
+            .to_vec();
+        Answer {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            body,
+        }
+    }
+
+    pub async fn task(&self, flow_id: i64) -> Answer {
+        self.get(&format!("/tasks/{flow_id}")).await
+    }
+}
+
+/// The binary as a child process, with its standard error collected line by line.
+pub struct Process {
+    pub child: Child,
+    pub port: u16,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+pub fn spawn_process(args: &[&str], envs: &[(&str, &str)]) -> Process {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_taskgate"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--workers", "1"])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("the binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread_log = Arc::clone(&log);
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(port) = line
+                .split("listening on port ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|p| p.parse::<u16>().ok())
+            {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(port);
+                }
+            }
+            thread_log.lock().unwrap().push(line);
+        }
+    });
+    let port = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("taskgate did not start: {:?}", log.lock().unwrap()));
+    Process { child, port, log }
+}
+
+impl Process {
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,10 @@
+//! Black-box tests: taskgate over real HTTP on loopback against a fake Tencent that verifies
+//! signatures independently. One file per concern.
+
+mod errors;
+mod fake_upstream;
+mod helpers;
+mod ops;
+mod process;
+mod tasks;
+mod tls;
