@@ -246,11 +246,10 @@ impl Config {
 
     /// Checks what clap cannot check field by field.
     pub fn validate(&self) -> Result<Endpoint, ConfigError> {
-        let endpoint =
-            Endpoint::parse(&self.upstream_endpoint).map_err(|message| ConfigError {
-                setting: "TASKGATE_UPSTREAM_ENDPOINT".into(),
-                message,
-            })?;
+        let endpoint = Endpoint::parse(&self.upstream_endpoint).map_err(|message| ConfigError {
+            setting: "TASKGATE_UPSTREAM_ENDPOINT".into(),
+            message,
+        })?;
         if let Some(region) = self.effective_region() {
             if !region
                 .bytes()
@@ -295,7 +294,10 @@ impl Config {
 /// clap names the flag (`--upstream-timeout <DURATION>`); operators set the variable. Say both.
 fn name_env_in_error(error: clap::Error) -> clap::Error {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
-    if !matches!(error.kind(), ErrorKind::ValueValidation | ErrorKind::InvalidValue) {
+    if !matches!(
+        error.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
         return error;
     }
     let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {

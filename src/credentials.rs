@@ -212,12 +212,15 @@ mod tests {
         let err = Credentials::from_parts(Some("id"), Some("  "), None).unwrap_err();
         assert_eq!(err.to_string(), "TENCENTCLOUD_SECRET_KEY is not set");
         let err = Credentials::from_parts(Some("id"), Some("a b"), None).unwrap_err();
-        assert!(err.to_string().starts_with("TENCENTCLOUD_SECRET_KEY must be"));
+        assert!(err
+            .to_string()
+            .starts_with("TENCENTCLOUD_SECRET_KEY must be"));
     }
 
     #[test]
     fn store_swaps_whole_generations() {
-        let store = CredentialStore::new(Credentials::from_parts(Some("a"), Some("b"), None).unwrap());
+        let store =
+            CredentialStore::new(Credentials::from_parts(Some("a"), Some("b"), None).unwrap());
         let before = store.current();
         store.replace(Credentials::from_parts(Some("c"), Some("d"), Some("t")).unwrap());
         assert_eq!(before.secret_id.expose(), "a");

@@ -100,7 +100,10 @@ fn header<'a>(req: &'a HttpRequest, name: &str) -> &'a str {
 
 async fn describe(req: HttpRequest, body: web::Bytes, state: web::Data<DemoState>) -> HttpResponse {
     if header(&req, "x-tc-action") != "DescribeAsyncRequestInfo" {
-        return error("InvalidAction", "the demo only knows DescribeAsyncRequestInfo");
+        return error(
+            "InvalidAction",
+            "the demo only knows DescribeAsyncRequestInfo",
+        );
     }
     if header(&req, "x-tc-version") != "2019-09-23" {
         return error("NoSuchVersion", "the demo only knows version 2019-09-23");
@@ -126,7 +129,10 @@ async fn describe(req: HttpRequest, body: web::Bytes, state: web::Data<DemoState
         },
     );
     if header(&req, "authorization") != expected.authorization {
-        return error("AuthFailure.SignatureFailure", "the signature does not match");
+        return error(
+            "AuthFailure.SignatureFailure",
+            "the signature does not match",
+        );
     }
     if !admit(&state) {
         return error(

@@ -158,7 +158,10 @@ fn upstream_parts(error: &UpstreamError) -> ProblemParts<'_> {
                 StatusCode::NOT_FOUND,
                 "task-not-found",
                 "Task not found",
-                with_message("the upstream knows no task with this flow id", &answer.message),
+                with_message(
+                    "the upstream knows no task with this flow id",
+                    &answer.message,
+                ),
             ),
             ErrorFamily::InvalidRequest => (
                 StatusCode::BAD_REQUEST,

@@ -8,14 +8,20 @@
 //! - `signing`: TC3-HMAC-SHA256 as pure functions
 //! - `task`: flow ids, task status, the task body
 //! - `upstream`: the signed awc call and the strict reading of its answer
-//! - `lookup`: the pipeline between handler and upstream
+//! - `lookup`: the pipeline between handler and upstream: cache, coalesce, budget, upstream
+//! - `cache`: rendered answers kept by task status (moka)
+//! - `coalesce`: one upstream fetch per flow id, shared by concurrent lookups
+//! - `budget`: the sliding-window rate limiter with its FIFO queue
 //! - `error`: `ApiError` and its one mapping to problem+json
 //! - `metrics`: the Prometheus registry and typed handles
 //! - `routes`, `state`, `startup`: the HTTP surface and the application's lifecycle
 //! - `demo`: the embedded simulated upstream behind `--demo`
 //! - `clock`: the seam for time
 
+pub mod budget;
+pub mod cache;
 pub mod clock;
+pub mod coalesce;
 pub mod config;
 pub mod credentials;
 pub mod demo;

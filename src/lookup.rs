@@ -1,56 +1,218 @@
-//! The lookup pipeline between the HTTP handler and the upstream client.
+//! The lookup pipeline between the HTTP handler and the upstream client:
+//! cache -> coalesce -> budget -> upstream, and back: store by status, wake the followers.
 //!
-//! A lookup takes a validated flow id and a deadline and returns the task or an `ApiError`. This is
-//! the seam where the cache, coalescing and the rate limiter sit; the handler knows only this.
+//! 1. A fresh cached answer is served at once (`X-Cache: hit`).
+//! 2. Otherwise the lookup joins the fetch under way for its flow id, or leads a new one. The fetch
+//!    runs detached on the leader's worker, bounded by the configured request timeout, so no
+//!    caller's disconnect or short deadline cancels it for the others.
+//! 3. Each attempt takes a budget slot first; throttled attempts back off with full jitter inside
+//!    the deadline and lower the budget's rate.
+//! 4. Answers are stored by status (final, processing, not found); errors are shared with the
+//!    followers of this fetch but never stored.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::budget::Budget;
+use crate::cache::{Answer, AnswerCache};
 use crate::clock::Clock;
+use crate::coalesce::{wait_for, InFlight, Leader, Role};
 use crate::credentials::CredentialStore;
 use crate::error::ApiError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Served};
 use crate::task::{FlowId, Task};
 use crate::upstream::{ErrorFamily, UpstreamClient, UpstreamError};
 
-/// Shared lookup state, built once and handed to every worker.
-pub struct LookupService {
+/// First back-off after a throttled attempt; doubles per retry, capped, with full jitter.
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(2);
+
+/// What a lookup produced and how.
+pub struct Lookup {
+    pub answer: Arc<Answer>,
+    pub served: Served,
+}
+
+struct Inner {
+    cache: AnswerCache,
+    in_flight: Arc<InFlight>,
+    budget: Arc<Budget>,
     credentials: Arc<CredentialStore>,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
+    fetch_timeout: Duration,
+}
+
+/// Shared lookup state, built once and handed to every worker.
+#[derive(Clone)]
+pub struct LookupService {
+    inner: Arc<Inner>,
 }
 
 impl LookupService {
     pub fn new(
+        cache: AnswerCache,
+        budget: Arc<Budget>,
         credentials: Arc<CredentialStore>,
         metrics: Arc<Metrics>,
         clock: Arc<dyn Clock>,
+        fetch_timeout: Duration,
     ) -> Self {
         Self {
-            credentials,
-            metrics,
-            clock,
+            inner: Arc::new(Inner {
+                cache,
+                in_flight: Arc::new(InFlight::default()),
+                budget,
+                credentials,
+                metrics,
+                clock,
+                fetch_timeout,
+            }),
         }
     }
 
     pub fn clock(&self) -> &dyn Clock {
-        self.clock.as_ref()
+        self.inner.clock.as_ref()
     }
 
-    /// Looks up one task before `deadline`.
+    pub fn cache(&self) -> &AnswerCache {
+        &self.inner.cache
+    }
+
+    /// Looks up one task, answering by `deadline` at the latest.
     pub async fn lookup(
         &self,
         client: &UpstreamClient,
         flow_id: FlowId,
         deadline: Instant,
         trace_id: Option<&str>,
-    ) -> Result<Task, ApiError> {
-        let call = self.call_upstream(client, flow_id, trace_id);
-        match tokio::time::timeout_at(deadline, call).await {
-            Ok(result) => result.map_err(ApiError::Upstream),
+    ) -> Result<Lookup, ApiError> {
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        if let Some(answer) = inner.cache.get(flow_id, now).await {
+            inner.metrics.cache_lookups_hit.inc();
+            return Ok(Lookup {
+                answer,
+                served: Served::Hit,
+            });
+        }
+        match inner.in_flight.join(flow_id) {
+            Role::Leader(leader, receiver) => {
+                inner.metrics.cache_lookups_miss.inc();
+                let fetch_deadline = now + inner.fetch_timeout;
+                let service = self.clone();
+                let client = client.clone();
+                let trace_id = trace_id.map(str::to_owned);
+                // Detached: the fetch finishes for the followers even if this caller leaves.
+                actix_rt::spawn(async move {
+                    service
+                        .fetch(leader, &client, flow_id, fetch_deadline, trace_id)
+                        .await;
+                });
+                let answer = wait_for(receiver, deadline).await?;
+                Ok(Lookup {
+                    answer,
+                    served: Served::Miss,
+                })
+            }
+            Role::Follower(receiver) => {
+                inner.metrics.cache_lookups_shared.inc();
+                inner.metrics.coalesced_waiters.inc();
+                let result = wait_for(receiver, deadline).await;
+                inner.metrics.coalesced_waiters.dec();
+                Ok(Lookup {
+                    answer: result?,
+                    served: Served::Shared,
+                })
+            }
+        }
+    }
+
+    /// The leader's fetch: budget, upstream, retries; stores and publishes the result.
+    async fn fetch(
+        &self,
+        leader: Leader,
+        client: &UpstreamClient,
+        flow_id: FlowId,
+        deadline: Instant,
+        trace_id: Option<String>,
+    ) {
+        let inner = &self.inner;
+        inner.metrics.inflight_fetches.inc();
+        let attempts = self.attempts(&leader, client, flow_id, deadline, trace_id.as_deref());
+        let result = match tokio::time::timeout_at(deadline, attempts).await {
+            Ok(result) => result,
             Err(_) => Err(ApiError::DeadlineExceeded),
+        };
+        let result = match result {
+            Ok(answer) => {
+                let answer = Arc::new(answer);
+                inner.cache.insert(flow_id, Arc::clone(&answer)).await;
+                Ok(answer)
+            }
+            Err(error) => Err(error),
+        };
+        inner.metrics.inflight_fetches.dec();
+        leader.finish(result);
+    }
+
+    async fn attempts(
+        &self,
+        leader: &Leader,
+        client: &UpstreamClient,
+        flow_id: FlowId,
+        deadline: Instant,
+        trace_id: Option<&str>,
+    ) -> Result<Answer, ApiError> {
+        let inner = &self.inner;
+        let mut retry: u32 = 0;
+        loop {
+            let permit = inner
+                .budget
+                .acquire(deadline, |queued| {
+                    leader.setback(ApiError::BudgetExhausted {
+                        retry_after_secs: queued.retry_after_secs,
+                    })
+                })
+                .await
+                .map_err(|refusal| ApiError::BudgetExhausted {
+                    retry_after_secs: refusal.retry_after_secs,
+                })?;
+            if retry > 0 {
+                inner.metrics.upstream_retries.inc();
+            }
+            let result = self.call_upstream(client, flow_id, trace_id).await;
+            // The slot starts cooling when the answer is in, which is what keeps Tencent's window.
+            drop(permit);
+            let now = inner.clock.now();
+            match result {
+                Ok(task) => {
+                    let kind_ttl = if task.status.is_final() {
+                        inner.cache.policy().final_ttl
+                    } else {
+                        inner.cache.policy().processing_ttl
+                    };
+                    return Ok(Answer::from_task(&task, now, kind_ttl));
+                }
+                Err(error) if error.family() == Some(ErrorFamily::NotFound) => {
+                    let ttl = inner.cache.policy().not_found_ttl;
+                    return Ok(Answer::not_found(&ApiError::Upstream(error), now, ttl));
+                }
+                Err(error) if error.is_throttled() => {
+                    inner.budget.throttled();
+                    let backoff = full_jitter(retry);
+                    let error = ApiError::Upstream(error);
+                    if now + backoff >= deadline {
+                        return Err(error);
+                    }
+                    leader.setback(error);
+                    tokio::time::sleep(backoff).await;
+                    retry += 1;
+                }
+                Err(error) => return Err(ApiError::Upstream(error)),
+            }
         }
     }
 
@@ -61,18 +223,28 @@ impl LookupService {
         flow_id: FlowId,
         trace_id: Option<&str>,
     ) -> Result<Task, UpstreamError> {
+        let inner = &self.inner;
         // Signed afresh for every attempt, with the clock read just before sending.
-        let credentials = self.credentials.current();
-        let started = self.clock.now();
+        let credentials = inner.credentials.current();
+        let started = inner.clock.now();
         let result = client
-            .describe(&credentials, flow_id, self.clock.unix_seconds(), trace_id)
+            .describe(&credentials, flow_id, inner.clock.unix_seconds(), trace_id)
             .await;
-        let elapsed = self.clock.now().saturating_duration_since(started);
-        self.metrics
+        let elapsed = inner.clock.now().saturating_duration_since(started);
+        inner
+            .metrics
             .record_upstream_call(&result, elapsed.as_secs_f64());
         log_upstream_failure(&result, elapsed);
         result
     }
+}
+
+/// Exponential back-off with full jitter: uniform in [0, min(cap, base * 2^retry)].
+fn full_jitter(retry: u32) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1u32 << retry.min(16))
+        .min(BACKOFF_CAP);
+    ceiling.mul_f64(fastrand::f64())
 }
 
 /// Upstream trouble that operators must act on is logged as an error; the rest as warnings.
@@ -100,5 +272,22 @@ fn log_upstream_failure(result: &Result<Task, UpstreamError>, elapsed: Duration)
             ms
         ),
         (other, _) => log::warn!("upstream call failed: {other:?} ({ms} ms)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_under_the_growing_ceiling() {
+        for retry in 0..20 {
+            let ceiling = BACKOFF_BASE
+                .saturating_mul(1u32 << retry.min(16))
+                .min(BACKOFF_CAP);
+            for _ in 0..100 {
+                assert!(full_jitter(retry) <= ceiling);
+            }
+        }
     }
 }

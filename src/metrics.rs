@@ -193,7 +193,8 @@ pub enum BudgetRejection {
 }
 
 impl BudgetRejection {
-    pub const ALL: [BudgetRejection; 2] = [BudgetRejection::QueueFull, BudgetRejection::WaitTimeout];
+    pub const ALL: [BudgetRejection; 2] =
+        [BudgetRejection::QueueFull, BudgetRejection::WaitTimeout];
     pub fn as_str(self) -> &'static str {
         match self {
             BudgetRejection::QueueFull => "queue_full",
@@ -216,6 +217,9 @@ pub struct Metrics {
     pub upstream_duration: Histogram,
     pub upstream_retries: IntCounter,
     pub cache_lookups: IntCounterVec,
+    pub cache_lookups_hit: IntCounter,
+    pub cache_lookups_miss: IntCounter,
+    pub cache_lookups_shared: IntCounter,
     pub cache_entries: IntGauge,
     pub cache_weighted_size: IntGauge,
     pub coalesced_waiters: IntGauge,
@@ -231,7 +235,16 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(rate_limit: u32) -> Self {
         let registry = Registry::new();
+        let cache_lookups = IntCounterVec::new(
+            Opts::new("taskgate_cache_lookups_total", "Task lookups by how they were served: hit (cache), miss (own upstream call), shared (waited on another's call)."),
+            &["result"],
+        )
+        .unwrap();
         let m = Self {
+            cache_lookups_hit: cache_lookups.with_label_values(&[Served::Hit.as_str()]),
+            cache_lookups_miss: cache_lookups.with_label_values(&[Served::Miss.as_str()]),
+            cache_lookups_shared: cache_lookups.with_label_values(&[Served::Shared.as_str()]),
+            cache_lookups,
             http_requests: IntCounterVec::new(
                 Opts::new("taskgate_http_requests_total", "HTTP requests answered, by route template and status code."),
                 &["route", "status"],
@@ -267,11 +280,6 @@ impl Metrics {
             upstream_retries: IntCounter::new(
                 "taskgate_upstream_retries_total",
                 "Upstream attempts that were retries of a throttled or failed attempt.",
-            )
-            .unwrap(),
-            cache_lookups: IntCounterVec::new(
-                Opts::new("taskgate_cache_lookups_total", "Task lookups by how they were served: hit (cache), miss (own upstream call), shared (waited on another's call)."),
-                &["result"],
             )
             .unwrap(),
             cache_entries: IntGauge::new("taskgate_cache_entries", "Answers held in the cache.").unwrap(),
@@ -334,18 +342,21 @@ impl Metrics {
         r.register(Box::new(self.http_requests.clone())).unwrap();
         r.register(Box::new(self.http_duration.clone())).unwrap();
         r.register(Box::new(self.upstream_calls.clone())).unwrap();
-        r.register(Box::new(self.upstream_duration.clone())).unwrap();
+        r.register(Box::new(self.upstream_duration.clone()))
+            .unwrap();
         r.register(Box::new(self.upstream_retries.clone())).unwrap();
         r.register(Box::new(self.cache_lookups.clone())).unwrap();
         r.register(Box::new(self.cache_entries.clone())).unwrap();
         r.register(Box::new(self.cache_weighted_size.clone()))
             .unwrap();
-        r.register(Box::new(self.coalesced_waiters.clone())).unwrap();
+        r.register(Box::new(self.coalesced_waiters.clone()))
+            .unwrap();
         r.register(Box::new(self.inflight_fetches.clone())).unwrap();
         r.register(Box::new(self.budget_queue_depth.clone()))
             .unwrap();
         r.register(Box::new(self.budget_wait.clone())).unwrap();
-        r.register(Box::new(self.budget_rejections.clone())).unwrap();
+        r.register(Box::new(self.budget_rejections.clone()))
+            .unwrap();
         r.register(Box::new(self.budget_effective_rate.clone()))
             .unwrap();
         r.register(Box::new(self.budget_limit.clone())).unwrap();

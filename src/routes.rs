@@ -2,11 +2,13 @@
 
 use std::time::Duration;
 
-use actix_web::http::header;
+use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
+use tokio::time::Instant;
 
+use crate::cache::AnswerKind;
 use crate::error::ApiError;
-use crate::lookup::LookupService;
+use crate::lookup::{Lookup, LookupService};
 use crate::state::AppState;
 use crate::task::FlowId;
 use crate::upstream::UpstreamClient;
@@ -84,11 +86,30 @@ async fn get_task(
     let flow_id = FlowId::parse(raw).map_err(ApiError::InvalidFlowId)?;
     let timeout = caller_timeout(&req, state.request_timeout)?;
     let deadline = lookup.clock().now() + timeout;
-    let task = lookup.lookup(&client, flow_id, deadline, None).await?;
-    Ok(HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, "application/json"))
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .body(task.to_json()))
+    let found = lookup.lookup(&client, flow_id, deadline, None).await?;
+    Ok(render(&state, &found, lookup.clock().now()))
+}
+
+/// A task or a remembered not-found, with headers that say how it was served and for how long
+/// it may be reused.
+fn render(state: &AppState, found: &Lookup, now: Instant) -> HttpResponse {
+    let answer = &found.answer;
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+    let mut response = HttpResponse::build(status);
+    response.insert_header((header::CONTENT_TYPE, answer.content_type));
+    match answer.kind {
+        AnswerKind::Final => {
+            response.insert_header((header::CACHE_CONTROL, state.final_cache_control.as_str()))
+        }
+        AnswerKind::Processing | AnswerKind::NotFound => response.insert_header((
+            header::CACHE_CONTROL,
+            format!("max-age={}", answer.remaining(now).as_secs()),
+        )),
+    };
+    response
+        .insert_header((header::AGE, answer.age_secs(now)))
+        .insert_header(("x-cache", found.served.as_str()))
+        .body(answer.body.clone())
 }
 
 async fn healthz(_state: web::Data<AppState>) -> HttpResponse {
@@ -109,8 +130,12 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    state.refresh_gauges().await;
     HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8"))
+        .insert_header((
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        ))
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .body(state.metrics.render())
 }

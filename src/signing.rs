@@ -73,8 +73,7 @@ pub fn hashed_request_payload(body: &[u8]) -> String {
 pub fn canonical_request(content_type: &str, host: &str, hashed_payload: &str) -> String {
     format!(
         "POST\n/\n\ncontent-type:{}\nhost:{}\n\n{}\n{}",
-        content_type, host, SIGNED_HEADERS,
-        hashed_payload
+        content_type, host, SIGNED_HEADERS, hashed_payload
     )
 }
 

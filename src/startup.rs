@@ -6,12 +6,15 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpServer};
 
+use crate::budget::{Budget, BudgetConfig};
+use crate::cache::{AnswerCache, CachePolicy};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError};
 use crate::credentials::CredentialStore;
@@ -93,13 +96,36 @@ impl Application {
         let metrics = Arc::new(crate::metrics::Metrics::new(config.rate_limit));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let credentials = Arc::new(CredentialStore::new(credentials));
+        let cache = AnswerCache::new(
+            config.cache_capacity as u64,
+            CachePolicy {
+                final_ttl: config.final_ttl,
+                processing_ttl: config.processing_ttl,
+                not_found_ttl: config.not_found_ttl,
+            },
+        );
+        let budget = Budget::start(
+            BudgetConfig {
+                limit: config.rate_limit,
+                window: Duration::from_secs(1),
+                margin: config.rate_window_margin,
+                max_queue: config.max_queue,
+                max_queue_wait: config.max_queue_wait,
+            },
+            Arc::clone(&clock),
+            Arc::clone(&metrics),
+        );
         let lookup = web::Data::new(LookupService::new(
+            cache.clone(),
+            budget,
             credentials,
             Arc::clone(&metrics),
             Arc::clone(&clock),
+            config.request_timeout,
         ));
         let state = web::Data::new(AppState::new(
             Arc::clone(&metrics),
+            cache,
             config.request_timeout,
         ));
 

@@ -4,22 +4,43 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cache::AnswerCache;
 use crate::metrics::Metrics;
 
 pub struct AppState {
     pub metrics: Arc<Metrics>,
+    pub cache: AnswerCache,
     pub request_timeout: Duration,
+    /// `Cache-Control` of final answers, rendered once.
+    pub final_cache_control: String,
     draining: AtomicBool,
 }
 
 impl AppState {
-    pub fn new(metrics: Arc<Metrics>, request_timeout: Duration) -> Self {
+    pub fn new(metrics: Arc<Metrics>, cache: AnswerCache, request_timeout: Duration) -> Self {
         metrics.ready.set(1);
+        let final_cache_control = format!(
+            "public, max-age={}, immutable",
+            cache.policy().final_ttl.as_secs()
+        );
         Self {
             metrics,
+            cache,
             request_timeout,
+            final_cache_control,
             draining: AtomicBool::new(false),
         }
+    }
+
+    /// Brings the gauges that are read rather than counted up to date (before a scrape).
+    pub async fn refresh_gauges(&self) {
+        self.cache.run_pending_tasks().await;
+        self.metrics
+            .cache_entries
+            .set(i64::try_from(self.cache.entry_count()).unwrap_or(i64::MAX));
+        self.metrics
+            .cache_weighted_size
+            .set(i64::try_from(self.cache.weighted_size()).unwrap_or(i64::MAX));
     }
 
     /// Ready means: configuration and credentials loaded (or we would not be running) and not

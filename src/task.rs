@@ -154,7 +154,9 @@ mod tests {
             FlowId::parse("99999999999999999999999"),
             Err(FlowIdError::TooLarge)
         );
-        for bad in ["-1", "+1", " 1", "1 ", "1e3", "0x10", "1.0", "١", "abc", "1/2"] {
+        for bad in [
+            "-1", "+1", " 1", "1 ", "1e3", "0x10", "1.0", "١", "abc", "1/2",
+        ] {
             assert_eq!(FlowId::parse(bad), Err(FlowIdError::NotDecimal), "{bad}");
         }
         assert_eq!(FlowId::parse(""), Err(FlowIdError::Empty));

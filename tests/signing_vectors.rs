@@ -29,7 +29,11 @@ fn check_steps(name: &str, input: &Value, expected: &Value) {
         assert_eq!(payload_hash, want, "{name}: hashed payload");
     }
     let canonical = canonical_request(s(input, "content_type"), s(input, "host"), &payload_hash);
-    assert_eq!(canonical, s(expected, "canonical_request"), "{name}: canonical request");
+    assert_eq!(
+        canonical,
+        s(expected, "canonical_request"),
+        "{name}: canonical request"
+    );
     let date = utc_date(timestamp);
     assert_eq!(date, s(expected, "date"), "{name}: date");
     let scope = credential_scope(&date, service);
@@ -37,25 +41,48 @@ fn check_steps(name: &str, input: &Value, expected: &Value) {
         assert_eq!(scope, want, "{name}: credential scope");
     }
     let to_sign = string_to_sign(timestamp, &scope, &canonical);
-    assert_eq!(to_sign, s(expected, "string_to_sign"), "{name}: string to sign");
+    assert_eq!(
+        to_sign,
+        s(expected, "string_to_sign"),
+        "{name}: string to sign"
+    );
     if let Some(want) = expected["hashed_canonical_request"].as_str() {
         assert!(to_sign.ends_with(want), "{name}: hashed canonical request");
     }
     let keys = derive_signing_key(s(input, "secret_key"), &date, service);
     if let Some(derived) = expected.get("derived_keys_hex") {
-        assert_eq!(hex_encode(&keys.k_date), s(derived, "k_date"), "{name}: k_date");
-        assert_eq!(hex_encode(&keys.k_service), s(derived, "k_service"), "{name}: k_service");
-        assert_eq!(hex_encode(&keys.k_signing), s(derived, "k_signing"), "{name}: k_signing");
+        assert_eq!(
+            hex_encode(&keys.k_date),
+            s(derived, "k_date"),
+            "{name}: k_date"
+        );
+        assert_eq!(
+            hex_encode(&keys.k_service),
+            s(derived, "k_service"),
+            "{name}: k_service"
+        );
+        assert_eq!(
+            hex_encode(&keys.k_signing),
+            s(derived, "k_signing"),
+            "{name}: k_signing"
+        );
     }
     let signature = calculate_signature(&keys.k_signing, &to_sign);
     assert_eq!(signature, s(expected, "signature"), "{name}: signature");
     let authorization = authorization_header(s(input, "secret_id"), &scope, &signature);
-    assert_eq!(authorization, s(expected, "authorization"), "{name}: authorization");
+    assert_eq!(
+        authorization,
+        s(expected, "authorization"),
+        "{name}: authorization"
+    );
 
     // The composed entry point agrees with the steps.
-    let credentials =
-        Credentials::from_parts(Some(s(input, "secret_id")), Some(s(input, "secret_key")), None)
-            .unwrap();
+    let credentials = Credentials::from_parts(
+        Some(s(input, "secret_id")),
+        Some(s(input, "secret_key")),
+        None,
+    )
+    .unwrap();
     let signed = sign(
         &credentials,
         &SigningInput {
@@ -66,7 +93,11 @@ fn check_steps(name: &str, input: &Value, expected: &Value) {
             body,
         },
     );
-    assert_eq!(signed.authorization, s(expected, "authorization"), "{name}: sign()");
+    assert_eq!(
+        signed.authorization,
+        s(expected, "authorization"),
+        "{name}: sign()"
+    );
 }
 
 #[test]
@@ -83,7 +114,11 @@ fn every_sdk_vector_at_every_step() {
 fn tencents_published_example() {
     let all = vectors();
     let example = &all["published_doc_example"];
-    check_steps("published_doc_example", &example["input"], &example["expected"]);
+    check_steps(
+        "published_doc_example",
+        &example["input"],
+        &example["expected"],
+    );
 }
 
 #[test]

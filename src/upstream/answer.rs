@@ -221,7 +221,10 @@ mod tests {
             (200, br#"{"Response":{"TaskStatus":1}}"#),
         ];
         for (status, body) in cases {
-            assert!(parse_answer(id(), status, body).is_err(), "{status} {body:?}");
+            assert!(
+                parse_answer(id(), status, body).is_err(),
+                "{status} {body:?}"
+            );
         }
         assert_eq!(
             parse_answer(id(), 503, b"{}").unwrap_err(),

@@ -11,8 +11,16 @@ async fn answer_for(app: &TestApp, flow_id: i64, reply: Reply) -> Answer {
 }
 
 fn assert_problem(answer: &Answer, status: u16, kind: &str) -> serde_json::Value {
-    assert_eq!(answer.status, status, "{}", String::from_utf8_lossy(&answer.body));
-    assert_eq!(answer.header("content-type"), Some("application/problem+json"));
+    assert_eq!(
+        answer.status,
+        status,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(
+        answer.header("content-type"),
+        Some("application/problem+json")
+    );
     let body = answer.json();
     assert_eq!(body["status"], status);
     assert_eq!(body["type"], format!("urn:taskgate:problem:{kind}"));
@@ -51,7 +59,8 @@ async fn throttling_is_503_with_retry_after() {
         .client
         .get(format!("{}/tasks/20", app.base))
         .insert_header(("X-Request-Timeout", "2s"));
-    app.fake.script(20, Reply::Error("RequestLimitExceeded.UinLimitExceeded"));
+    app.fake
+        .script(20, Reply::Error("RequestLimitExceeded.UinLimitExceeded"));
     let answer = app.request(request).await;
     let body = assert_problem(&answer, 503, "upstream-throttled");
     assert_eq!(body["code"], "RequestLimitExceeded.UinLimitExceeded");
@@ -71,7 +80,10 @@ async fn credential_and_permission_failures_are_502_not_the_callers_fault() {
         let answer = answer_for(&app, id, Reply::Error(code)).await;
         let body = assert_problem(&answer, 502, kind);
         assert_eq!(body["code"], code);
-        assert!(body["detail"].as_str().unwrap().contains("not the caller's fault"));
+        assert!(body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not the caller's fault"));
     }
 }
 
@@ -114,7 +126,8 @@ async fn a_non_200_status_is_502() {
 #[actix_rt::test]
 async fn an_error_body_is_read_whatever_the_status_line() {
     let app = spawn_app().await;
-    let body = r#"{"Response":{"Error":{"Code":"ResourceNotFound","Message":"gone"},"RequestId":"r-9"}}"#;
+    let body =
+        r#"{"Response":{"Error":{"Code":"ResourceNotFound","Message":"gone"},"RequestId":"r-9"}}"#;
     let answer = answer_for(&app, 61, Reply::Raw(500, body)).await;
     let problem = assert_problem(&answer, 404, "task-not-found");
     assert_eq!(problem["request_id"], "r-9");
@@ -132,8 +145,16 @@ async fn a_missing_or_unknown_task_status_is_502() {
     let app = spawn_app().await;
     let missing = r#"{"Response":{"Description":"?","RequestId":"r"}}"#;
     let unknown = r#"{"Response":{"TaskStatus":7,"Description":"?","RequestId":"r"}}"#;
-    assert_problem(&answer_for(&app, 63, Reply::Raw(200, missing)).await, 502, "upstream-malformed-answer");
-    assert_problem(&answer_for(&app, 64, Reply::Raw(200, unknown)).await, 502, "upstream-malformed-answer");
+    assert_problem(
+        &answer_for(&app, 63, Reply::Raw(200, missing)).await,
+        502,
+        "upstream-malformed-answer",
+    );
+    assert_problem(
+        &answer_for(&app, 64, Reply::Raw(200, unknown)).await,
+        502,
+        "upstream-malformed-answer",
+    );
 }
 
 #[actix_rt::test]
@@ -181,7 +202,9 @@ async fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
         assert_problem(&answer, 405, "method-not-allowed");
         assert_eq!(answer.header("allow"), Some("GET, HEAD"));
     }
-    let answer = app.request(app.client.post(format!("{}/healthz", app.base))).await;
+    let answer = app
+        .request(app.client.post(format!("{}/healthz", app.base)))
+        .await;
     assert_problem(&answer, 405, "method-not-allowed");
     assert_eq!(app.fake.call_count(), 0);
 }

@@ -96,7 +96,9 @@ impl FakeUpstream {
                 let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
                 tx.send(listener.local_addr().unwrap().port()).unwrap();
                 loop {
-                    let Ok((stream, _)) = listener.accept().await else { continue };
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
                     let shared = Arc::clone(&thread_shared);
                     let tls = tls.clone();
                     tokio::spawn(async move {
@@ -338,7 +340,9 @@ fn verify(request: &Request, token: Option<&str>) -> Result<(), String> {
         return Err(format!("content type {content_type:?}"));
     }
     let host = need("Host")?;
-    let timestamp: i64 = need("X-TC-Timestamp")?.parse().map_err(|_| "bad timestamp")?;
+    let timestamp: i64 = need("X-TC-Timestamp")?
+        .parse()
+        .map_err(|_| "bad timestamp")?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

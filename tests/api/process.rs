@@ -25,7 +25,10 @@ fn help_lists_every_setting_with_its_default() {
     let help = String::from_utf8(output.stdout).unwrap();
     for (var, default) in [
         ("TASKGATE_LISTEN", Some("0.0.0.0:8080")),
-        ("TASKGATE_UPSTREAM_ENDPOINT", Some("https://ssm.tencentcloudapi.com")),
+        (
+            "TASKGATE_UPSTREAM_ENDPOINT",
+            Some("https://ssm.tencentcloudapi.com"),
+        ),
         ("TASKGATE_REGION", None),
         ("TENCENTCLOUD_REGION", None),
         ("TASKGATE_UPSTREAM_TIMEOUT", Some("5s")),
@@ -37,7 +40,10 @@ fn help_lists_every_setting_with_its_default() {
     ] {
         assert!(help.contains(var), "{var} missing from --help");
         if let Some(default) = default {
-            assert!(help.contains(&format!("[default: {default}]")), "{var} default");
+            assert!(
+                help.contains(&format!("[default: {default}]")),
+                "{var} default"
+            );
         }
     }
 }
@@ -77,7 +83,10 @@ fn missing_credentials_stop_the_start_with_a_clear_message() {
     let output = run(&["--listen", "127.0.0.1:0"], &[]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("TENCENTCLOUD_SECRET_ID is not set"), "{stderr}");
+    assert!(
+        stderr.contains("TENCENTCLOUD_SECRET_ID is not set"),
+        "{stderr}"
+    );
 }
 
 #[actix_rt::test]
@@ -122,7 +131,10 @@ async fn no_secret_reaches_a_log_line_or_a_response_across_every_error() {
     }
     assert!(fake.call_count() >= replies.len());
     let log = process.log_text();
-    assert!(log.contains("upstream rejected taskgate's credentials"), "auth failure logged as error");
+    assert!(
+        log.contains("upstream rejected taskgate's credentials"),
+        "auth failure logged as error"
+    );
     for secret in [FAKE_SECRET_KEY, token] {
         assert!(!log.contains(secret), "secret in log:\n{log}");
         assert!(!bodies.contains(secret), "secret in a response");

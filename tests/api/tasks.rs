@@ -22,11 +22,21 @@ async fn a_task_is_fetched_with_a_signed_request_and_answered_as_documented() {
     let calls = app.fake.calls();
     assert_eq!(calls.len(), 1);
     let call = &calls[0];
-    assert_eq!(call.signature_error, None, "the fake accepted the signature");
+    assert_eq!(
+        call.signature_error, None,
+        "the fake accepted the signature"
+    );
     assert_eq!(call.body, br#"{"FlowID":123}"#);
     assert_eq!(call.header("X-TC-Language"), Some("en-US"));
-    assert!(call.header("X-TC-RequestClient").unwrap().starts_with("taskgate/"));
-    assert_eq!(call.header("X-TC-Region"), None, "no region configured, none sent");
+    assert!(call
+        .header("X-TC-RequestClient")
+        .unwrap()
+        .starts_with("taskgate/"));
+    assert_eq!(
+        call.header("X-TC-Region"),
+        None,
+        "no region configured, none sent"
+    );
     assert_eq!(call.header("X-TC-Token"), None);
     assert!(call
         .header("Authorization")
@@ -40,7 +50,10 @@ async fn each_status_is_named() {
     for (id, code, name) in [(1, 0, "processing"), (2, 1, "succeeded"), (3, 2, "failed")] {
         app.fake.script(id, Reply::Task(code));
         let body = app.task(id).await.json();
-        assert_eq!((body["status"].as_str(), body["task_status"].as_i64()), (Some(name), Some(code)));
+        assert_eq!(
+            (body["status"].as_str(), body["task_status"].as_i64()),
+            (Some(name), Some(code))
+        );
     }
 }
 
@@ -50,7 +63,12 @@ async fn region_and_token_are_sent_when_configured() {
     fake.require_token("fakeTOKENvalue");
     let app = spawn_app_with(
         fake,
-        &["--region", "ap-guangzhou", "--security-token", "fakeTOKENvalue"],
+        &[
+            "--region",
+            "ap-guangzhou",
+            "--security-token",
+            "fakeTOKENvalue",
+        ],
     )
     .await;
 
@@ -68,7 +86,10 @@ async fn the_largest_flow_id_is_sent_exactly() {
     let answer = app.task(i64::MAX).await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.json()["flow_id"].as_i64(), Some(i64::MAX));
-    assert_eq!(app.fake.calls()[0].body, br#"{"FlowID":9223372036854775807}"#);
+    assert_eq!(
+        app.fake.calls()[0].body,
+        br#"{"FlowID":9223372036854775807}"#
+    );
 }
 
 #[actix_rt::test]
@@ -92,11 +113,22 @@ async fn invalid_flow_ids_get_400_and_no_upstream_call() {
     ] {
         let answer = app.get(path).await;
         assert_eq!(answer.status, 400, "{path}");
-        assert_eq!(answer.header("content-type"), Some("application/problem+json"), "{path}");
+        assert_eq!(
+            answer.header("content-type"),
+            Some("application/problem+json"),
+            "{path}"
+        );
         let body = answer.json();
         assert_eq!(body["status"], 400);
-        assert_eq!(body["type"], "urn:taskgate:problem:invalid-flow-id", "{path}");
+        assert_eq!(
+            body["type"], "urn:taskgate:problem:invalid-flow-id",
+            "{path}"
+        );
         assert!(body["detail"].as_str().unwrap().contains("flow_id"));
     }
-    assert_eq!(app.fake.call_count(), 0, "no upstream call for invalid input");
+    assert_eq!(
+        app.fake.call_count(),
+        0,
+        "no upstream call for invalid input"
+    );
 }

@@ -50,7 +50,12 @@ async fn a_lookup_over_https_with_a_trusted_private_ca() {
 
     let answer = app.task(77).await;
 
-    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
     assert_eq!(answer.json()["status"], "succeeded");
     assert_eq!(app.fake.calls()[0].signature_error, None);
     let _ = std::fs::remove_file(ca_file);
@@ -64,7 +69,14 @@ async fn an_untrusted_certificate_is_refused() {
     let answer = app.task(78).await;
 
     assert_eq!(answer.status, 502);
-    assert_eq!(answer.json()["type"], "urn:taskgate:problem:upstream-unreachable");
-    assert_eq!(app.fake.call_count(), 0, "no request crossed an unverified connection");
+    assert_eq!(
+        answer.json()["type"],
+        "urn:taskgate:problem:upstream-unreachable"
+    );
+    assert_eq!(
+        app.fake.call_count(),
+        0,
+        "no request crossed an unverified connection"
+    );
     let _ = std::fs::remove_file(ca_file);
 }

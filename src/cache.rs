@@ -1,0 +1,183 @@
+//! The answer cache (moka): rendered answers kept by task status.
+//!
+//! - final tasks (succeeded, failed) never change: kept for `TASKGATE_FINAL_TTL` unless memory
+//!   pressure evicts them first;
+//! - processing tasks are reused for `TASKGATE_PROCESSING_TTL`, so any number of pollers cost at
+//!   most one upstream call per interval;
+//! - `ResourceNotFound` is remembered for `TASKGATE_NOT_FOUND_TTL` (0: never);
+//! - errors are never cached.
+//!
+//! Entries hold the response body already rendered, so a hit serialises nothing. The capacity is
+//! in bytes (body plus a fixed allowance for the entry's bookkeeping).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use moka::future::Cache;
+use moka::Expiry;
+use tokio::time::Instant;
+
+use crate::error::ApiError;
+use crate::task::{FlowId, Task};
+
+/// Bookkeeping per entry beyond its body (key, Arc, timestamps, moka's own node), in bytes.
+const ENTRY_OVERHEAD_BYTES: usize = 160;
+
+/// What kind of answer an entry is; decides its lifetime and its Cache-Control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerKind {
+    Final,
+    Processing,
+    NotFound,
+}
+
+/// A rendered answer, as served to every caller of one flow id until it expires.
+#[derive(Debug)]
+pub struct Answer {
+    pub kind: AnswerKind,
+    /// 200 for tasks, 404 for not found.
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Bytes,
+    /// When the upstream's answer arrived.
+    pub fetched_at: Instant,
+    /// How long it may be served.
+    pub ttl: Duration,
+    pub upstream_request_id: Option<String>,
+}
+
+impl Answer {
+    pub fn from_task(task: &Task, fetched_at: Instant, ttl: Duration) -> Self {
+        Self {
+            kind: if task.status.is_final() {
+                AnswerKind::Final
+            } else {
+                AnswerKind::Processing
+            },
+            status: 200,
+            content_type: "application/json",
+            body: Bytes::from(task.to_json()),
+            fetched_at,
+            ttl,
+            upstream_request_id: Some(task.request_id.clone()),
+        }
+    }
+
+    pub fn not_found(error: &ApiError, fetched_at: Instant, ttl: Duration) -> Self {
+        Self {
+            kind: AnswerKind::NotFound,
+            status: 404,
+            content_type: crate::error::PROBLEM_JSON,
+            body: Bytes::from(error.to_body()),
+            fetched_at,
+            ttl,
+            upstream_request_id: error.upstream_request_id().map(str::to_owned),
+        }
+    }
+
+    /// Time left before the entry must be fetched again (zero when expired).
+    pub fn remaining(&self, now: Instant) -> Duration {
+        (self.fetched_at + self.ttl).saturating_duration_since(now)
+    }
+
+    /// Seconds since the upstream answered, for the `Age` header.
+    pub fn age_secs(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.fetched_at).as_secs()
+    }
+
+    fn weight(&self) -> u32 {
+        u32::try_from(self.body.len() + ENTRY_OVERHEAD_BYTES).unwrap_or(u32::MAX)
+    }
+}
+
+/// TTLs by kind, from configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct CachePolicy {
+    pub final_ttl: Duration,
+    pub processing_ttl: Duration,
+    pub not_found_ttl: Duration,
+}
+
+impl CachePolicy {
+    pub fn ttl(&self, kind: AnswerKind) -> Duration {
+        match kind {
+            AnswerKind::Final => self.final_ttl,
+            AnswerKind::Processing => self.processing_ttl,
+            AnswerKind::NotFound => self.not_found_ttl,
+        }
+    }
+}
+
+struct ByAnswerTtl;
+
+impl Expiry<FlowId, Arc<Answer>> for ByAnswerTtl {
+    fn expire_after_create(
+        &self,
+        _key: &FlowId,
+        value: &Arc<Answer>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &FlowId,
+        value: &Arc<Answer>,
+        _updated_at: std::time::Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// The cache shared by all workers.
+#[derive(Clone)]
+pub struct AnswerCache {
+    entries: Cache<FlowId, Arc<Answer>>,
+    policy: CachePolicy,
+}
+
+impl AnswerCache {
+    pub fn new(capacity_bytes: u64, policy: CachePolicy) -> Self {
+        let entries = Cache::builder()
+            .max_capacity(capacity_bytes)
+            .weigher(|_key: &FlowId, answer: &Arc<Answer>| answer.weight())
+            .expire_after(ByAnswerTtl)
+            .build();
+        Self { entries, policy }
+    }
+
+    pub fn policy(&self) -> &CachePolicy {
+        &self.policy
+    }
+
+    /// A still-fresh answer, if there is one.
+    pub async fn get(&self, flow_id: FlowId, now: Instant) -> Option<Arc<Answer>> {
+        self.entries
+            .get(&flow_id)
+            .await
+            .filter(|answer| !answer.remaining(now).is_zero())
+    }
+
+    /// Keeps an answer for as long as its kind allows (a zero TTL keeps nothing).
+    pub async fn insert(&self, flow_id: FlowId, answer: Arc<Answer>) {
+        if !answer.ttl.is_zero() {
+            self.entries.insert(flow_id, answer).await;
+        }
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.entries.entry_count()
+    }
+
+    pub fn weighted_size(&self) -> u64 {
+        self.entries.weighted_size()
+    }
+
+    /// Applies pending evictions so the size gauges are current (called at scrape time).
+    pub async fn run_pending_tasks(&self) {
+        self.entries.run_pending_tasks().await;
+    }
+}
