@@ -11,8 +11,9 @@
 //! deadline) is refused with a `Retry-After` computed from the queue as it is.
 //!
 //! When Tencent throttles us anyway (other clients share the account), the effective limit is
-//! halved and then recovers by one call per second each second: additive increase, multiplicative
-//! decrease, so the gateway stops fighting the other clients without starving itself.
+//! halved (at most once per window, never below a quarter of the configured limit) and then
+//! recovers by one call per second each second: additive increase, multiplicative decrease, so
+//! the gateway stops fighting the other clients without starving its own callers.
 //!
 //! `BudgetState` is pure (every method takes `now`); `Budget` wraps it with a lock, the queue's
 //! channels and the dispatcher.
@@ -113,6 +114,12 @@ impl BudgetState {
         self.cooling.insert(at, until);
     }
 
+    /// The lowest the effective limit goes: a quarter of the configured one (at least 1), so
+    /// persistent throttling slows the gateway down without starving its callers.
+    fn floor(&self) -> u32 {
+        (self.config.limit / 4).max(1)
+    }
+
     /// Tencent throttled us: halve the effective limit (once per window), then recover.
     pub fn throttled(&mut self, now: Instant) {
         if let Some((_, since)) = self.reduced {
@@ -120,7 +127,7 @@ impl BudgetState {
                 return;
             }
         }
-        let halved = (self.effective_limit(now) / 2).max(1);
+        let halved = (self.effective_limit(now) / 2).max(self.floor());
         self.reduced = Some((halved, now));
     }
 
@@ -343,10 +350,11 @@ impl Budget {
                 match position {
                     Some(position) => {
                         shared.queue.remove(position);
-                        self.metrics
-                            .budget_queue_depth
-                            .set(shared.queue.len() as i64);
-                        let retry_after_secs = shared.state.retry_after_secs(now, position);
+                        let queued = shared.queue.len();
+                        self.metrics.budget_queue_depth.set(queued as i64);
+                        // What a newcomer retrying now would face: everyone still queued is
+                        // ahead of it. Spreads retries out instead of sending them back at once.
+                        let retry_after_secs = shared.state.retry_after_secs(now, queued);
                         drop(shared);
                         Err(self.refuse(BudgetRejection::WaitTimeout, retry_after_secs))
                     }
@@ -448,6 +456,18 @@ mod tests {
         );
         assert_eq!(state.effective_limit(t0 + Duration::from_secs(3)), 13);
         assert_eq!(state.effective_limit(t0 + Duration::from_secs(60)), 20);
+    }
+
+    #[test]
+    fn persistent_throttling_stops_at_a_quarter_of_the_limit() {
+        let t0 = Instant::now();
+        let mut state = BudgetState::new(config(20));
+        for second in 0..10 {
+            let now = t0 + Duration::from_secs(second) + Duration::from_millis(10 * second);
+            state.throttled(now);
+            assert!(state.effective_limit(now) >= 5);
+        }
+        assert_eq!(state.effective_limit(t0 + Duration::from_millis(9_090)), 5);
     }
 
     #[test]

@@ -188,6 +188,14 @@ async fn a_slow_upstream_is_504() {
 }
 
 #[actix_rt::test]
+async fn a_slowly_dripping_body_is_cut_by_the_attempt_timeout() {
+    let fake = FakeUpstream::start();
+    let app = spawn_app_with(fake, &["--upstream-timeout", "500ms"]).await;
+    let answer = answer_for(&app, 68, Reply::Drip(Duration::from_millis(50))).await;
+    assert_problem(&answer, 504, "upstream-timeout");
+}
+
+#[actix_rt::test]
 async fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
     let app = spawn_app().await;
     let answer = app.get("/nothing/here").await;

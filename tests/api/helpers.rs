@@ -16,7 +16,6 @@ pub struct TestApp {
     pub base: String,
     pub fake: FakeUpstream,
     pub client: awc::Client,
-    pub handle: actix_web::dev::ServerHandle,
     pub state: actix_web::web::Data<taskgate::state::AppState>,
 }
 
@@ -68,14 +67,12 @@ pub async fn spawn_app_with(fake: FakeUpstream, extra: &[&str]) -> TestApp {
     let config = Config::from_args(args).expect("test configuration parses");
     let app = Application::build(config).await.expect("the app builds");
     let base = format!("http://127.0.0.1:{}", app.port());
-    let handle = app.handle();
     let state = app.state();
     actix_rt::spawn(app.run_until_stopped());
     TestApp {
         base,
         fake,
         client: client(),
-        handle,
         state,
     }
 }

@@ -1,0 +1,132 @@
+//! The rate limiter, judged where Tencent judges it: arrival times at the fake upstream.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+
+use crate::fake_upstream::{FakeUpstream, Reply};
+use crate::helpers::spawn_app_with;
+
+#[actix_rt::test]
+async fn a_hundred_new_tasks_use_the_budget_fully_and_never_exceed_it() {
+    let app = spawn_app_with(FakeUpstream::start(), &["--max-queue-wait", "10s"]).await;
+    let started = tokio::time::Instant::now();
+
+    let answers = join_all((10_000..10_100).map(|id| app.task(id))).await;
+
+    let elapsed = started.elapsed();
+    assert!(answers.iter().all(|a| a.status == 200), "all 100 answered");
+    assert_eq!(app.fake.call_count(), 100);
+    assert!(
+        app.fake.max_calls_in_any_second() <= 20,
+        "at most 20 calls in any second at the upstream, saw {}",
+        app.fake.max_calls_in_any_second()
+    );
+    // Five rounds of 20, one window apart: about 4.3 s. Far more would mean wasted budget.
+    assert!(elapsed < Duration::from_millis(6_500), "took {elapsed:?}");
+}
+
+#[actix_rt::test]
+async fn the_excess_gets_503_with_a_retry_after_from_the_queue() {
+    let app = spawn_app_with(FakeUpstream::start(), &["--max-queue-wait", "1s"]).await;
+
+    let answers = join_all((20_000..20_100).map(|id| app.task(id))).await;
+
+    let ok = answers.iter().filter(|a| a.status == 200).count();
+    let refused: Vec<_> = answers.iter().filter(|a| a.status == 503).collect();
+    assert_eq!(ok + refused.len(), 100);
+    assert_eq!(ok, 20, "one window's worth fits in a 1 s wait");
+    assert_eq!(
+        app.fake.call_count(),
+        20,
+        "refused lookups cost no upstream call"
+    );
+    let retry_after: Vec<u64> = refused
+        .iter()
+        .map(|a| {
+            assert_eq!(a.json()["type"], "urn:taskgate:problem:budget-exhausted");
+            a.header("retry-after").unwrap().parse().unwrap()
+        })
+        .collect();
+    let (min, max) = (
+        *retry_after.iter().min().unwrap(),
+        *retry_after.iter().max().unwrap(),
+    );
+    // 80 refused while 4 windows' worth of work was queued: the advice spreads over ~1-5 s.
+    assert!(min >= 1 && max <= 6, "retry-after from {min} to {max}");
+    assert!(max >= min + 2, "computed from the queue, not a constant");
+}
+
+#[actix_rt::test]
+async fn a_full_queue_refuses_at_once() {
+    let app = spawn_app_with(
+        FakeUpstream::start(),
+        &[
+            "--rate-limit",
+            "1",
+            "--max-queue",
+            "2",
+            "--max-queue-wait",
+            "5s",
+        ],
+    )
+    .await;
+    app.fake.default_reply(Reply::Delay(
+        Duration::from_millis(300),
+        Box::new(Reply::Task(1)),
+    ));
+    let started = tokio::time::Instant::now();
+    let answers = join_all((30_000..30_010).map(|id| app.task(id))).await;
+    let refused = answers.iter().filter(|a| a.status == 503).count();
+    assert!(
+        refused >= 7,
+        "1 in flight + 2 queued; the rest refused ({refused})"
+    );
+    assert!(answers
+        .iter()
+        .filter(|a| a.status == 503)
+        .all(|a| a.header("retry-after").is_some()));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[actix_rt::test]
+async fn throttling_by_tencent_is_retried_within_the_deadline_without_a_storm() {
+    // Every first attempt is throttled, whatever our rate: the budget halves down to its floor
+    // (a quarter of the limit) and the retries still fit inside the callers' deadline.
+    let app = spawn_app_with(FakeUpstream::start(), &["--max-queue-wait", "20s"]).await;
+    for id in 40_000..40_030 {
+        app.fake.script(
+            id,
+            Reply::Sequence(vec![Reply::Error("RequestLimitExceeded"), Reply::Task(1)]),
+        );
+    }
+    let requests = (40_000..40_030).map(|id| {
+        let request = app
+            .client
+            .get(format!("{}/tasks/{id}", app.base))
+            .insert_header(("X-Request-Timeout", "25s"));
+        app.request(request)
+    });
+
+    let answers = join_all(requests).await;
+
+    let statuses: Vec<_> = answers
+        .iter()
+        .filter(|a| a.status != 200)
+        .map(|a| String::from_utf8_lossy(&a.body).to_string())
+        .collect();
+    assert!(statuses.is_empty(), "every caller answered: {statuses:?}");
+    let calls = app.fake.calls();
+    assert_eq!(calls.len(), 60, "exactly one retry per throttled call");
+    assert!(
+        calls.iter().all(|c| c.signature_error.is_none()),
+        "retries signed afresh"
+    );
+    assert!(app.fake.max_calls_in_any_second() <= 20);
+
+    let metrics = String::from_utf8(app.get("/metrics").await.body).unwrap();
+    assert!(
+        metrics.contains("taskgate_upstream_retries_total 30"),
+        "{metrics}"
+    );
+}
