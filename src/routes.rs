@@ -90,6 +90,11 @@ async fn get_task(
     Ok(render(&state, &found, lookup.clock().now()))
 }
 
+/// Whole seconds, rounded up: a processing answer with 0.4 s left is worth a `max-age=1`.
+fn ceil_secs(duration: Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+}
+
 /// A task or a remembered not-found, with headers that say how it was served and for how long
 /// it may be reused.
 fn render(state: &AppState, found: &Lookup, now: Instant) -> HttpResponse {
@@ -103,7 +108,7 @@ fn render(state: &AppState, found: &Lookup, now: Instant) -> HttpResponse {
         }
         AnswerKind::Processing | AnswerKind::NotFound => response.insert_header((
             header::CACHE_CONTROL,
-            format!("max-age={}", answer.remaining(now).as_secs()),
+            format!("max-age={}", ceil_secs(answer.remaining(now))),
         )),
     };
     response
