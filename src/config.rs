@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser};
 
 use crate::credentials::{Credentials, CredentialsError, SecretId, SecretKey, SecurityToken};
+use crate::logging::LogFormat;
 
 /// A duration written like `5s`, `750ms` or `1m`, as operators write them.
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -128,6 +129,23 @@ pub struct Config {
     /// Memory bound of the answer cache in bytes (rendered answer plus bookkeeping per entry).
     #[arg(long, env = "TASKGATE_CACHE_CAPACITY", default_value = "67108864", value_parser = parse_count)]
     pub cache_capacity: usize,
+
+    /// After SIGTERM/SIGINT: how long /readyz answers 503 while the listener still serves, so the
+    /// load balancer stops sending traffic before the port closes.
+    #[arg(long, env = "TASKGATE_DRAIN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
+
+    /// After the drain delay: how long in-flight requests get to finish before the process exits.
+    #[arg(long, env = "TASKGATE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Log line format: text for people, json for log shippers.
+    #[arg(long, env = "TASKGATE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Write one access-log line per request (target taskgate::access).
+    #[arg(long, env = "TASKGATE_ACCESS_LOG", default_value = "true", action = clap::ArgAction::Set)]
+    pub access_log: bool,
 
     /// Run against the embedded simulated SSM upstream with throwaway credentials.
     #[arg(long, env = "TASKGATE_DEMO")]

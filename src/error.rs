@@ -267,6 +267,11 @@ impl ResponseError for ApiError {
         if let Self::MethodNotAllowed { allow } = self {
             response.insert_header((header::ALLOW, *allow));
         }
+        if let Some(id) = self.upstream_request_id() {
+            response
+                .extensions_mut()
+                .insert(crate::observe::UpstreamRequestId(id.to_owned()));
+        }
         response.body(self.to_body())
     }
 }

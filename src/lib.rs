@@ -15,6 +15,8 @@
 //! - `error`: `ApiError` and its one mapping to problem+json
 //! - `metrics`: the Prometheus registry and typed handles
 //! - `routes`, `state`, `startup`: the HTTP surface and the application's lifecycle
+//! - `observe`: request ids, the access log and HTTP metrics around every request
+//! - `logging`: text or JSON log lines, written off the request path
 //! - `demo`: the embedded simulated upstream behind `--demo`
 //! - `clock`: the seam for time
 
@@ -26,8 +28,10 @@ pub mod config;
 pub mod credentials;
 pub mod demo;
 pub mod error;
+pub mod logging;
 pub mod lookup;
 pub mod metrics;
+pub mod observe;
 pub mod routes;
 pub mod signing;
 pub mod startup;

@@ -1,9 +1,9 @@
-//! The `taskgate` binary: parse configuration, start logging, run the application.
+//! The `taskgate` binary: parse configuration, start logging, run until SIGTERM or SIGINT.
 
 use std::process::ExitCode;
 
 use taskgate::config::Config;
-use taskgate::startup::Application;
+use taskgate::startup::{Application, StartupError};
 
 fn main() -> ExitCode {
     let config = match Config::from_args(std::env::args_os()) {
@@ -17,19 +17,34 @@ fn main() -> ExitCode {
             };
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    taskgate::logging::init(config.log_format);
 
     let result = actix_rt::System::new().block_on(async move {
         let app = Application::build(config).await?;
-        app.run_until_stopped()
+        app.run_until_stopped(shutdown_signal())
             .await
-            .map_err(|e| taskgate::startup::StartupError::Io("serving", e))
+            .map_err(|e| StartupError::Io("serving", e))
     });
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            taskgate::logging::flush();
             eprintln!("taskgate: {e}");
-            ExitCode::from(2)
+            return ExitCode::from(2);
         }
-    }
+    };
+    taskgate::logging::flush();
+    code
+}
+
+/// Resolves on the first SIGTERM (what Kubernetes and systemd send) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    let name = tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    };
+    log::info!("{name} received");
 }

@@ -3,12 +3,13 @@
 use std::time::Duration;
 
 use actix_web::http::{header, StatusCode};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use tokio::time::Instant;
 
 use crate::cache::AnswerKind;
 use crate::error::ApiError;
 use crate::lookup::{Lookup, LookupService};
+use crate::observe::{RequestId, UpstreamRequestId};
 use crate::state::AppState;
 use crate::task::FlowId;
 use crate::upstream::UpstreamClient;
@@ -86,7 +87,9 @@ async fn get_task(
     let flow_id = FlowId::parse(raw).map_err(ApiError::InvalidFlowId)?;
     let timeout = caller_timeout(&req, state.request_timeout)?;
     let deadline = lookup.clock().now() + timeout;
-    let found = lookup.lookup(&client, flow_id, deadline, None).await?;
+    let request_id = req.extensions().get::<RequestId>().cloned();
+    let trace_id = request_id.as_ref().map(|id| id.0.as_str());
+    let found = lookup.lookup(&client, flow_id, deadline, trace_id).await?;
     Ok(render(&state, &found, lookup.clock().now()))
 }
 
@@ -111,6 +114,11 @@ fn render(state: &AppState, found: &Lookup, now: Instant) -> HttpResponse {
             format!("max-age={}", ceil_secs(answer.remaining(now))),
         )),
     };
+    if let Some(id) = &answer.upstream_request_id {
+        response
+            .extensions_mut()
+            .insert(UpstreamRequestId(id.clone()));
+    }
     response
         .insert_header((header::AGE, answer.age_secs(now)))
         .insert_header(("x-cache", found.served.as_str()))

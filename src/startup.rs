@@ -8,9 +8,10 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::body::MessageBody;
-use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
-use actix_web::middleware::{from_fn, Next};
+use std::future::Future;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
 use crate::budget::{Budget, BudgetConfig};
@@ -20,7 +21,7 @@ use crate::config::{Config, ConfigError};
 use crate::credentials::CredentialStore;
 use crate::demo::DemoUpstream;
 use crate::lookup::LookupService;
-use crate::metrics::Route;
+use crate::observe;
 use crate::routes;
 use crate::state::AppState;
 use crate::upstream::{tls, UpstreamClient, UpstreamTarget};
@@ -54,6 +55,7 @@ pub struct Application {
     server: Server,
     state: web::Data<AppState>,
     demo: Option<DemoUpstream>,
+    drain_delay: Duration,
 }
 
 impl Application {
@@ -127,6 +129,7 @@ impl Application {
             Arc::clone(&metrics),
             cache,
             config.request_timeout,
+            config.access_log,
         ));
 
         let listener = TcpListener::bind(config.listen)
@@ -146,11 +149,14 @@ impl Application {
                 .app_data(server_state.clone())
                 .app_data(lookup.clone())
                 .app_data(client)
-                .wrap(from_fn(observe))
+                .wrap(from_fn(observe::observe))
                 .configure(routes::configure)
                 .default_service(web::to(routes::not_found))
         })
         .workers(workers)
+        // Signals are handled by `run_until_stopped`, which drains before stopping.
+        .disable_signals()
+        .shutdown_timeout(config.shutdown_timeout.as_secs().max(1))
         .listen(listener)
         .map_err(|e| StartupError::Io("listening on TASKGATE_LISTEN", e))?
         .run();
@@ -169,6 +175,7 @@ impl Application {
             server,
             state,
             demo,
+            drain_delay: config.drain_delay,
         })
     }
 
@@ -185,31 +192,32 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until stopped, then stops the demo upstream if there is one.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+    /// Serves until `shutdown` resolves, then drains: readiness turns 503 at once, the listener
+    /// keeps serving for the drain delay (the load balancer's time to notice), then it closes and
+    /// in-flight requests get the shutdown timeout to finish.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + 'static,
+    ) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let state = self.state.clone();
+        let drain_delay = self.drain_delay;
+        actix_rt::spawn(async move {
+            shutdown.await;
+            state.start_draining();
+            log::info!(
+                "shutdown requested: /readyz now answers 503; serving for {} ms more",
+                drain_delay.as_millis()
+            );
+            tokio::time::sleep(drain_delay).await;
+            log::info!("drain delay over: closing the listener, finishing in-flight requests");
+            handle.stop(true).await;
+        });
         let result = self.server.await;
+        log::info!("stopped");
         if let Some(demo) = &self.demo {
             demo.stop().await;
         }
         result
     }
-}
-
-/// Records every request's route template, status and duration.
-async fn observe(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let started = std::time::Instant::now();
-    let state = req.app_data::<web::Data<AppState>>().cloned();
-    let route = Route::of_path(req.path());
-    let response = next.call(req).await?;
-    if let Some(state) = state {
-        state.metrics.record_http(
-            route,
-            response.status().as_u16(),
-            started.elapsed().as_secs_f64(),
-        );
-    }
-    Ok(response)
 }

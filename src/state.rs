@@ -13,11 +13,18 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// `Cache-Control` of final answers, rendered once.
     pub final_cache_control: String,
+    /// Whether to write an access-log line per request.
+    pub access_log: bool,
     draining: AtomicBool,
 }
 
 impl AppState {
-    pub fn new(metrics: Arc<Metrics>, cache: AnswerCache, request_timeout: Duration) -> Self {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        cache: AnswerCache,
+        request_timeout: Duration,
+        access_log: bool,
+    ) -> Self {
         metrics.ready.set(1);
         let final_cache_control = format!(
             "public, max-age={}, immutable",
@@ -28,6 +35,7 @@ impl AppState {
             cache,
             request_timeout,
             final_cache_control,
+            access_log,
             draining: AtomicBool::new(false),
         }
     }

@@ -68,7 +68,7 @@ pub async fn spawn_app_with(fake: FakeUpstream, extra: &[&str]) -> TestApp {
     let app = Application::build(config).await.expect("the app builds");
     let base = format!("http://127.0.0.1:{}", app.port());
     let state = app.state();
-    actix_rt::spawn(app.run_until_stopped());
+    actix_rt::spawn(app.run_until_stopped(std::future::pending()));
     TestApp {
         base,
         fake,

@@ -6,6 +6,7 @@ mod caching;
 mod errors;
 mod fake_upstream;
 mod helpers;
+mod lifecycle;
 mod ops;
 mod process;
 mod tasks;

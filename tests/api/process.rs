@@ -91,6 +91,12 @@ fn missing_credentials_stop_the_start_with_a_clear_message() {
 
 #[actix_rt::test]
 async fn no_secret_reaches_a_log_line_or_a_response_across_every_error() {
+    for format in ["text", "json"] {
+        no_secret_in(format).await;
+    }
+}
+
+async fn no_secret_in(log_format: &str) {
     let fake = FakeUpstream::start();
     let token = "fakeTOKENsecretVALUE";
     fake.require_token(token);
@@ -108,7 +114,14 @@ async fn no_secret_reaches_a_log_line_or_a_response_across_every_error() {
         fake.script(i as i64, reply.clone());
     }
     let process = spawn_process(
-        &["--upstream-endpoint", &fake.url, "--upstream-timeout", "1s"],
+        &[
+            "--upstream-endpoint",
+            &fake.url,
+            "--upstream-timeout",
+            "1s",
+            "--log-format",
+            log_format,
+        ],
         &[
             ("RUST_LOG", "trace"),
             ("TENCENTCLOUD_SECRET_ID", FAKE_SECRET_ID),
@@ -130,7 +143,25 @@ async fn no_secret_reaches_a_log_line_or_a_response_across_every_error() {
         }
     }
     assert!(fake.call_count() >= replies.len());
+    // Log lines are written off the request path: wait for every request's access line.
+    for _ in 0..300 {
+        let access_lines = process
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("taskgate::access"))
+            .count();
+        if access_lines >= replies.len() {
+            break;
+        }
+        actix_rt::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let log = process.log_text();
+    assert!(
+        log.matches("taskgate::access").count() >= replies.len(),
+        "{log}"
+    );
     assert!(
         log.contains("upstream rejected taskgate's credentials"),
         "auth failure logged as error"

@@ -1,0 +1,112 @@
+//! The middleware around every request: request id, access log line, HTTP metrics.
+//!
+//! `X-Request-Id` is taken from the caller when it is sane (1-128 characters of letters, digits,
+//! `-`, `_`, `.`, `:`), generated otherwise; it is returned on the response, sent upstream as
+//! `X-TC-TraceId`, and written in the access log, so one request can be followed end to end.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage};
+
+use crate::metrics::Route;
+use crate::state::AppState;
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// This request's id, in the request's extensions.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// The upstream `RequestId` behind a response, in the response's extensions (for the access log).
+#[derive(Debug, Clone)]
+pub struct UpstreamRequestId(pub String);
+
+fn is_sane(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// A fresh id: 128 random bits in hex.
+pub fn generate_request_id() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
+
+pub async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let route = Route::of_path(req.path());
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| is_sane(id))
+        .map_or_else(generate_request_id, str::to_owned);
+    req.extensions_mut().insert(RequestId(request_id.clone()));
+    let method = req.method().clone();
+
+    let mut response = next.call(req).await?;
+
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
+    }
+    if let Some(state) = state {
+        state
+            .metrics
+            .record_http(route, status, elapsed.as_secs_f64());
+        if state.access_log {
+            let served = response
+                .headers()
+                .get("x-cache")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            let upstream_request_id = response
+                .response()
+                .extensions()
+                .get::<UpstreamRequestId>()
+                .map(|id| id.0.clone());
+            log::info!(
+                target: "taskgate::access",
+                method = method.as_str(),
+                route = route.template(),
+                status = status,
+                duration_ms = elapsed.as_secs_f64() * 1_000.0,
+                served = served,
+                upstream_request_id = upstream_request_id.as_deref().unwrap_or("-"),
+                request_id = request_id.as_str();
+                "{} {} {}",
+                method,
+                route.template(),
+                status
+            );
+        }
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_sane_ids_are_kept() {
+        assert!(is_sane("abc-123_X.y:z"));
+        assert!(!is_sane(""));
+        assert!(!is_sane("has space"));
+        assert!(!is_sane("new\nline"));
+        assert!(!is_sane(&"a".repeat(129)));
+        assert_eq!(generate_request_id().len(), 32);
+    }
+}
