@@ -62,19 +62,52 @@ fn caller_timeout(req: &HttpRequest, configured: Duration) -> Result<Duration, A
     let Some(value) = req.headers().get("x-request-timeout") else {
         return Ok(configured);
     };
-    let text = value.to_str().unwrap_or_default().trim();
-    let asked = text
-        .parse::<u64>()
-        .map(Duration::from_secs)
-        .or_else(|_| humantime::parse_duration(text))
+    let asked = value
+        .to_str()
         .ok()
+        .and_then(parse_timeout)
         .filter(|d| !d.is_zero())
         .ok_or_else(|| {
             ApiError::InvalidRequest(
-                "X-Request-Timeout must be a positive duration such as 2s or 500ms".into(),
+                "X-Request-Timeout must be a positive whole number of ms, s or m, such as 2s, \
+                 500ms or 3 (seconds)"
+                    .into(),
             )
         })?;
     Ok(asked.min(configured))
+}
+
+/// `<digits>[ms|s|m]`, seconds when the unit is left out. Deliberately narrow: it is an API.
+fn parse_timeout(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 || digits > 9 {
+        return None;
+    }
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    match unit {
+        "" | "s" => Some(Duration::from_secs(number)),
+        "ms" => Some(Duration::from_millis(number)),
+        "m" => Some(Duration::from_secs(number.checked_mul(60)?)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_parse_in_the_documented_grammar_only() {
+        assert_eq!(parse_timeout("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_timeout("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_timeout("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_timeout("1m"), Some(Duration::from_secs(60)));
+        for bad in ["", "s", "1.5s", "-1s", "1h", "1 s", "1234567890s", "2sec"] {
+            assert_eq!(parse_timeout(bad), None, "{bad}");
+        }
+    }
 }
 
 async fn get_task(
