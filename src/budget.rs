@@ -27,6 +27,8 @@ use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::metrics::{BudgetRejection, Metrics};
+use crate::shared::budget::{SharedBudget, Take as SharedTake};
+use crate::shared::{Mode, Redis};
 
 /// How long the effective limit takes to grow by one call per second after throttling.
 const RECOVERY_STEP: Duration = Duration::from_secs(1);
@@ -97,7 +99,16 @@ impl BudgetState {
 
     /// Takes a slot if one is free now.
     pub fn try_take(&mut self, now: Instant) -> bool {
-        if self.used(now) < self.effective_limit(now) as usize {
+        self.try_take_capped(now, None)
+    }
+
+    /// Takes a slot if one is free now under the effective limit and `cap` (the local share
+    /// while Redis is down).
+    pub fn try_take_capped(&mut self, now: Instant, cap: Option<u32>) -> bool {
+        let limit = cap.map_or(self.effective_limit(now), |cap| {
+            cap.min(self.effective_limit(now))
+        });
+        if self.used(now) < limit as usize {
             self.in_flight += 1;
             true
         } else {
@@ -187,13 +198,32 @@ struct Shared {
     state: BudgetState,
     queue: VecDeque<Waiter>,
     next_waiter_id: u64,
+    /// In shared mode: when Redis said the earliest slot frees, as of the last refusal.
+    shared_free_at: Option<Instant>,
 }
 
-/// The budget shared by every worker.
+/// Which budget a slot came from; decides how it is released.
+enum Slot {
+    Local,
+    Shared(String),
+}
+
+/// The answer of one attempt to take a slot.
+enum Take {
+    Granted(Slot),
+    /// Nothing before this instant (or before a wake-up).
+    WaitUntil(Instant),
+}
+
+/// The budget shared by every worker (and, with Redis, by every replica).
 pub struct Budget {
     shared: Mutex<Shared>,
     wake: Arc<Notify>,
     config: BudgetConfig,
+    /// How long an attempt may take at most: a shared slot is held at least that long plus a
+    /// window until its release lowers it.
+    attempt_timeout: Duration,
+    redis: Option<(Arc<Redis>, SharedBudget)>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 }
@@ -202,12 +232,24 @@ pub struct Budget {
 /// starts the slot's cooling window.
 pub struct Permit {
     budget: Arc<Budget>,
+    slot: Option<Slot>,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         let now = self.budget.clock.now();
-        self.budget.lock().state.release(now);
+        match self.slot.take() {
+            Some(Slot::Local) | None => self.budget.lock().state.release(now),
+            Some(Slot::Shared(member)) => {
+                let budget = Arc::clone(&self.budget);
+                tokio::spawn(async move {
+                    if let Some((redis, scripts)) = &budget.redis {
+                        let cool = budget.config.window + budget.config.margin;
+                        scripts.release(redis, &member, cool).await;
+                    }
+                });
+            }
+        }
         self.budget.wake.notify_one();
     }
 }
@@ -220,16 +262,29 @@ impl Drop for Budget {
 }
 
 impl Budget {
-    /// Builds the budget and starts its dispatcher on the current runtime.
-    pub fn start(config: BudgetConfig, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// Builds the budget and starts its dispatcher on the current runtime. With `redis`, slots
+    /// come from the shared budget while Redis is healthy.
+    pub fn start(
+        config: BudgetConfig,
+        attempt_timeout: Duration,
+        redis: Option<Arc<Redis>>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let budget = Arc::new(Self {
             shared: Mutex::new(Shared {
                 state: BudgetState::new(config),
                 queue: VecDeque::new(),
                 next_waiter_id: 0,
+                shared_free_at: None,
             }),
             wake: Arc::new(Notify::new()),
             config,
+            attempt_timeout,
+            redis: redis.map(|r| {
+                let scripts = SharedBudget::new(&r);
+                (r, scripts)
+            }),
             clock,
             metrics,
         });
@@ -238,9 +293,9 @@ impl Budget {
         tokio::spawn(async move {
             // Runs while the budget exists; a weak handle lets it end with the application.
             loop {
-                let Some(budget) = weak.upgrade() else { return };
                 let wake = wake_signal.notified();
-                let next = budget.dispatch();
+                let Some(budget) = weak.upgrade() else { return };
+                let next = budget.dispatch().await;
                 drop(budget);
                 match next {
                     Some(at) => {
@@ -260,62 +315,132 @@ impl Budget {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Hands free slots to the queue's head, in order; returns when to look again.
-    fn dispatch(self: &Arc<Self>) -> Option<Instant> {
-        let now = self.clock.now();
-        let mut unclaimed = Vec::new();
-        let next = {
-            let mut shared = self.lock();
-            while !shared.queue.is_empty() && shared.state.try_take(now) {
-                let waiter = shared.queue.pop_front().expect("checked non-empty");
-                let permit = Permit {
-                    budget: Arc::clone(self),
-                };
-                if let Err(permit) = waiter.grant.send(permit) {
-                    // The waiter gave up in the same instant; its slot is released below,
-                    // outside the lock.
-                    unclaimed.push(permit);
+    /// One try at a slot, from whichever budget is in force now.
+    async fn try_take(&self, now: Instant) -> Take {
+        let mode = self.redis.as_ref().map(|(redis, _)| redis.mode(now));
+        match mode {
+            None => self.try_take_local(now, None),
+            Some(Mode::Degraded) => {
+                let share = self
+                    .redis
+                    .as_ref()
+                    .map(|(redis, _)| redis.local_share(self.config.limit));
+                self.try_take_local(now, share)
+            }
+            Some(Mode::Quiet { until }) => Take::WaitUntil(until),
+            Some(Mode::Shared) => {
+                let (redis, scripts) = self.redis.as_ref().expect("shared mode has Redis");
+                let limit = self.lock().state.effective_limit(now);
+                let hold = self.attempt_timeout + self.config.window + self.config.margin;
+                match scripts.take(redis, limit, hold).await {
+                    Ok(SharedTake::Granted(member)) => {
+                        self.lock().shared_free_at = None;
+                        Take::Granted(Slot::Shared(member))
+                    }
+                    Ok(SharedTake::Refused(wait)) => {
+                        let at = now + wait;
+                        self.lock().shared_free_at = Some(at);
+                        Take::WaitUntil(at)
+                    }
+                    // Redis just failed: the mode is now quiet; look again at once.
+                    Err(_) => Take::WaitUntil(now),
                 }
             }
-            self.metrics
-                .budget_queue_depth
-                .set(shared.queue.len() as i64);
-            self.metrics
-                .budget_effective_rate
-                .set(f64::from(shared.state.effective_limit(now)));
-            if shared.queue.is_empty() {
+        }
+    }
+
+    fn try_take_local(&self, now: Instant, cap: Option<u32>) -> Take {
+        let mut shared = self.lock();
+        if shared.state.try_take_capped(now, cap) {
+            Take::Granted(Slot::Local)
+        } else {
+            let at = shared
+                .state
+                .next_free_at(now)
+                .unwrap_or(now + self.config.window);
+            Take::WaitUntil(at.max(now))
+        }
+    }
+
+    fn permit(self: &Arc<Self>, slot: Slot) -> Permit {
+        Permit {
+            budget: Arc::clone(self),
+            slot: Some(slot),
+        }
+    }
+
+    /// Hands free slots to the queue's head, in order; returns when to look again.
+    async fn dispatch(self: &Arc<Self>) -> Option<Instant> {
+        loop {
+            let now = self.clock.now();
+            let waiting = {
+                let shared = self.lock();
+                self.publish_gauges(&shared, now);
+                !shared.queue.is_empty()
+            };
+            if !waiting {
                 // Still wake for recovery so the effective-rate gauge stays truthful.
-                shared
-                    .state
-                    .next_free_at(now)
-                    .filter(|_| shared.state.effective_limit(now) < self.config.limit)
-            } else {
-                shared.state.next_free_at(now)
+                let recovering = self.lock().state.effective_limit(now) < self.config.limit;
+                return recovering.then(|| now + RECOVERY_STEP);
             }
-        };
-        drop(unclaimed);
-        next
+            match self.try_take(now).await {
+                Take::Granted(slot) => {
+                    let permit = self.permit(slot);
+                    let waiter = self.lock().queue.pop_front();
+                    match waiter {
+                        // A waiter that gave up returns the permit, which is released on drop.
+                        Some(waiter) => drop(waiter.grant.send(permit)),
+                        None => drop(permit),
+                    }
+                }
+                Take::WaitUntil(at) if at <= now => tokio::task::yield_now().await,
+                Take::WaitUntil(at) => return Some(at),
+            }
+        }
+    }
+
+    fn publish_gauges(&self, shared: &Shared, now: Instant) {
+        self.metrics
+            .budget_queue_depth
+            .set(shared.queue.len() as i64);
+        self.metrics
+            .budget_effective_rate
+            .set(f64::from(shared.state.effective_limit(now)));
+    }
+
+    /// `Retry-After` for a newcomer at `position` in the queue.
+    fn retry_after_secs(&self, shared: &mut Shared, now: Instant, position: usize) -> u64 {
+        match (&self.redis, shared.shared_free_at) {
+            (Some((redis, _)), Some(free_at)) if redis.mode(now) == Mode::Shared => {
+                let limit = shared.state.effective_limit(now).max(1) as usize;
+                let round = self.config.window + self.config.margin;
+                let at = free_at.max(now) + round * (position / limit) as u32;
+                let wait = at.saturating_duration_since(now);
+                (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+            }
+            _ => shared.state.retry_after_secs(now, position),
+        }
     }
 
     /// Waits for a slot until `deadline` or the queue-wait bound, whichever is first.
+    /// `on_queued` is told, once, when the lookup has to wait and for about how long.
     pub async fn acquire(
         self: &Arc<Self>,
         deadline: Instant,
         on_queued: impl FnOnce(Refusal),
     ) -> Result<Permit, Refusal> {
         let now = self.clock.now();
+        if self.lock().queue.is_empty() {
+            if let Take::Granted(slot) = self.try_take(now).await {
+                self.metrics.budget_wait.observe(0.0);
+                return Ok(self.permit(slot));
+            }
+        }
         let (id, grant) = {
             let mut shared = self.lock();
-            if shared.queue.is_empty() && shared.state.try_take(now) {
-                drop(shared);
-                self.metrics.budget_wait.observe(0.0);
-                return Ok(Permit {
-                    budget: Arc::clone(self),
-                });
-            }
             let position = shared.queue.len();
             if position >= self.config.max_queue {
-                let retry_after_secs = shared.state.retry_after_secs(now, position);
+                let retry_after_secs = self.retry_after_secs(&mut shared, now, position);
                 drop(shared);
                 return Err(self.refuse(BudgetRejection::QueueFull, retry_after_secs));
             }
@@ -328,7 +453,7 @@ impl Budget {
                 .set(shared.queue.len() as i64);
             on_queued(Refusal {
                 reason: BudgetRejection::WaitTimeout,
-                retry_after_secs: shared.state.retry_after_secs(now, position),
+                retry_after_secs: self.retry_after_secs(&mut shared, now, position),
             });
             (id, rx)
         };
@@ -338,37 +463,32 @@ impl Budget {
         let mut grant = grant;
         let outcome = tokio::time::timeout_at(give_up_at, &mut grant).await;
         let waited = self.clock.now().saturating_duration_since(now);
-        match outcome {
-            Ok(Ok(permit)) => {
-                self.metrics.budget_wait.observe(waited.as_secs_f64());
-                Ok(permit)
+        if let Ok(Ok(permit)) = outcome {
+            self.metrics.budget_wait.observe(waited.as_secs_f64());
+            return Ok(permit);
+        }
+        let now = self.clock.now();
+        let mut shared = self.lock();
+        match shared.queue.iter().position(|w| w.id == id) {
+            Some(position) => {
+                shared.queue.remove(position);
+                let queued = shared.queue.len();
+                self.metrics.budget_queue_depth.set(queued as i64);
+                // What a newcomer retrying now would face: everyone still queued is ahead of
+                // it. Spreads retries out instead of sending them back at once.
+                let retry_after_secs = self.retry_after_secs(&mut shared, now, queued);
+                drop(shared);
+                Err(self.refuse(BudgetRejection::WaitTimeout, retry_after_secs))
             }
-            _ => {
-                let now = self.clock.now();
-                let mut shared = self.lock();
-                let position = shared.queue.iter().position(|w| w.id == id);
-                match position {
-                    Some(position) => {
-                        shared.queue.remove(position);
-                        let queued = shared.queue.len();
-                        self.metrics.budget_queue_depth.set(queued as i64);
-                        // What a newcomer retrying now would face: everyone still queued is
-                        // ahead of it. Spreads retries out instead of sending them back at once.
-                        let retry_after_secs = shared.state.retry_after_secs(now, queued);
-                        drop(shared);
-                        Err(self.refuse(BudgetRejection::WaitTimeout, retry_after_secs))
+            None => {
+                // Granted just as the wait ended: the permit is in the channel.
+                drop(shared);
+                match grant.try_recv() {
+                    Ok(permit) => {
+                        self.metrics.budget_wait.observe(waited.as_secs_f64());
+                        Ok(permit)
                     }
-                    None => {
-                        // Granted just as the wait ended: the permit is in the channel.
-                        drop(shared);
-                        match grant.try_recv() {
-                            Ok(permit) => {
-                                self.metrics.budget_wait.observe(waited.as_secs_f64());
-                                Ok(permit)
-                            }
-                            Err(_) => Err(self.refuse(BudgetRejection::WaitTimeout, 1)),
-                        }
-                    }
+                    Err(_) => Err(self.refuse(BudgetRejection::WaitTimeout, 1)),
                 }
             }
         }

@@ -118,7 +118,8 @@ impl Expiry<FlowId, Arc<Answer>> for ByAnswerTtl {
         value: &Arc<Answer>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
-        Some(value.ttl)
+        // Answers from the shared cache arrive part-way through their lifetime.
+        Some(value.remaining(Instant::now()))
     }
 
     fn expire_after_update(
@@ -128,7 +129,7 @@ impl Expiry<FlowId, Arc<Answer>> for ByAnswerTtl {
         _updated_at: std::time::Instant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
-        Some(value.ttl)
+        Some(value.remaining(Instant::now()))
     }
 }
 
@@ -163,7 +164,7 @@ impl AnswerCache {
 
     /// Keeps an answer for as long as its kind allows (a zero TTL keeps nothing).
     pub async fn insert(&self, flow_id: FlowId, answer: Arc<Answer>) {
-        if !answer.ttl.is_zero() {
+        if !answer.remaining(Instant::now()).is_zero() {
             self.entries.insert(flow_id, answer).await;
         }
     }

@@ -16,11 +16,29 @@ use crate::cache::Answer;
 use crate::error::ApiError;
 use crate::task::FlowId;
 
+/// Where a fetched answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// This replica's own upstream call.
+    Upstream,
+    /// The shared cache (another replica fetched it earlier).
+    SharedCache,
+    /// Another replica's upstream call, which this one waited on.
+    Peer,
+}
+
+/// A fetch's answer and where it came from.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub answer: Arc<Answer>,
+    pub origin: Origin,
+}
+
 /// What a fetch has come to so far.
 #[derive(Debug, Clone)]
 pub enum Progress {
     Pending { setback: Option<ApiError> },
-    Done(Result<Arc<Answer>, ApiError>),
+    Done(Result<Fetched, ApiError>),
 }
 
 /// The leader's side: publish progress, then the result. Dropping it unregisters the fetch.
@@ -39,7 +57,7 @@ impl Leader {
 
     /// Unregisters the fetch, then wakes every follower with the result. The caller stores the
     /// result in the cache first, so a lookup arriving in between finds it there.
-    pub fn finish(self, result: Result<Arc<Answer>, ApiError>) {
+    pub fn finish(self, result: Result<Fetched, ApiError>) {
         self.registry.remove(self.flow_id);
         self.sender.send_replace(Progress::Done(result));
     }
@@ -102,7 +120,7 @@ impl InFlight {
 pub async fn wait_for(
     mut receiver: watch::Receiver<Progress>,
     deadline: Instant,
-) -> Result<Arc<Answer>, ApiError> {
+) -> Result<Fetched, ApiError> {
     let done = tokio::time::timeout_at(
         deadline,
         receiver.wait_for(|p| matches!(p, Progress::Done(_))),

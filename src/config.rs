@@ -12,6 +12,7 @@ use clap::{CommandFactory, Parser};
 
 use crate::credentials::{Credentials, CredentialsError, SecretId, SecretKey, SecurityToken};
 use crate::logging::LogFormat;
+use crate::shared::RedisUrl;
 
 /// A duration written like `5s`, `750ms` or `1m`, as operators write them.
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -146,6 +147,23 @@ pub struct Config {
     /// Write one access-log line per request (target taskgate::access).
     #[arg(long, env = "TASKGATE_ACCESS_LOG", default_value = "true", action = clap::ArgAction::Set)]
     pub access_log: bool,
+
+    /// Redis for shared mode (redis:// or rediss:// for TLS; a password may be in the URL).
+    /// Without it, taskgate is self-contained.
+    #[arg(long, env = "TASKGATE_REDIS_URL", hide_env_values = true, value_parser = |s: &str| Ok::<_, String>(RedisUrl(s.to_string())))]
+    pub redis_url: Option<RedisUrl>,
+
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    #[arg(long, env = "TASKGATE_REDIS_PREFIX", default_value = "taskgate:")]
+    pub redis_prefix: String,
+
+    /// Longest wait for one Redis operation before the replica degrades to local mode.
+    #[arg(long, env = "TASKGATE_REDIS_TIMEOUT", default_value = "250ms", value_parser = parse_positive_duration)]
+    pub redis_timeout: Duration,
+
+    /// Replicas sharing the budget; while Redis is down each uses RATE_LIMIT / this.
+    #[arg(long, env = "TASKGATE_EXPECTED_REPLICAS", default_value = "3", value_parser = parse_rate_limit)]
+    pub expected_replicas: u32,
 
     /// Run against the embedded simulated SSM upstream with throwaway credentials.
     #[arg(long, env = "TASKGATE_DEMO")]
@@ -283,6 +301,24 @@ impl Config {
             return Err(ConfigError {
                 setting: "TASKGATE_UPSTREAM_TIMEOUT".into(),
                 message: "must not be longer than TASKGATE_REQUEST_TIMEOUT".into(),
+            });
+        }
+        if let Some(url) = &self.redis_url {
+            if !(url.0.starts_with("redis://") || url.0.starts_with("rediss://")) {
+                return Err(ConfigError {
+                    setting: "TASKGATE_REDIS_URL".into(),
+                    message: format!("{url:?} must start with redis:// or rediss://"),
+                });
+            }
+            redis::Client::open(url.0.as_str()).map_err(|e| ConfigError {
+                setting: "TASKGATE_REDIS_URL".into(),
+                message: format!("{url:?} is not a usable Redis URL: {e}"),
+            })?;
+        }
+        if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
+            return Err(ConfigError {
+                setting: "TASKGATE_REDIS_PREFIX".into(),
+                message: "must be non-empty and without spaces".into(),
             });
         }
         if let Some(path) = &self.upstream_ca_file {

@@ -32,6 +32,13 @@ pub enum ApiError {
     DeadlineExceeded,
     /// A bug or an impossible state on our side.
     Internal(String),
+    /// An error another replica answered for the lookup this one waited on, as it rendered it.
+    Relayed {
+        status: u16,
+        body: bytes::Bytes,
+        retry_after_secs: Option<u64>,
+        upstream_request_id: Option<String>,
+    },
 }
 
 #[derive(Serialize)]
@@ -112,6 +119,12 @@ impl ApiError {
                 detail.clone(),
             ),
             Self::Upstream(error) => upstream_parts(error),
+            Self::Relayed { status, .. } => part(
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY),
+                "relayed",
+                "Relayed error",
+                String::new(),
+            ),
         }
     }
 
@@ -119,6 +132,9 @@ impl ApiError {
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
             Self::BudgetExhausted { retry_after_secs } => Some((*retry_after_secs).max(1)),
+            Self::Relayed {
+                retry_after_secs, ..
+            } => *retry_after_secs,
             Self::Upstream(e) if e.is_throttled() => Some(1),
             _ => None,
         }
@@ -128,6 +144,10 @@ impl ApiError {
     pub fn upstream_request_id(&self) -> Option<&str> {
         match self {
             Self::Upstream(e) => e.request_id(),
+            Self::Relayed {
+                upstream_request_id,
+                ..
+            } => upstream_request_id.as_deref(),
             _ => None,
         }
     }
@@ -138,6 +158,9 @@ impl ApiError {
 
     /// The problem+json body.
     pub fn to_body(&self) -> Vec<u8> {
+        if let Self::Relayed { body, .. } = self {
+            return body.to_vec();
+        }
         let parts = self.parts();
         serde_json::to_vec(&Problem {
             kind: format!("urn:taskgate:problem:{}", parts.slug),

@@ -17,6 +17,7 @@
 //! - `routes`, `state`, `startup`: the HTTP surface and the application's lifecycle
 //! - `observe`: request ids, the access log and HTTP metrics around every request
 //! - `logging`: text or JSON log lines, written off the request path
+//! - `shared`: shared mode through Redis: one budget, one cache, one lookup per task
 //! - `demo`: the embedded simulated upstream behind `--demo`
 //! - `clock`: the seam for time
 
@@ -33,6 +34,7 @@ pub mod lookup;
 pub mod metrics;
 pub mod observe;
 pub mod routes;
+pub mod shared;
 pub mod signing;
 pub mod startup;
 pub mod state;

@@ -18,10 +18,12 @@ use tokio::time::Instant;
 use crate::budget::Budget;
 use crate::cache::{Answer, AnswerCache};
 use crate::clock::Clock;
-use crate::coalesce::{wait_for, InFlight, Leader, Role};
+use crate::coalesce::{wait_for, Fetched, InFlight, Leader, Origin, Role};
 use crate::credentials::CredentialStore;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, Served};
+use crate::shared::envelope::Outcome;
+use crate::shared::flight::{Flight, Lease};
 use crate::task::{FlowId, Task};
 use crate::upstream::{ErrorFamily, UpstreamClient, UpstreamError};
 
@@ -39,6 +41,7 @@ struct Inner {
     cache: AnswerCache,
     in_flight: Arc<InFlight>,
     budget: Arc<Budget>,
+    flight: Option<Arc<Flight>>,
     credentials: Arc<CredentialStore>,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
@@ -51,24 +54,30 @@ pub struct LookupService {
     inner: Arc<Inner>,
 }
 
+/// What the lookup service is built from.
+pub struct LookupParts {
+    pub cache: AnswerCache,
+    pub budget: Arc<Budget>,
+    /// Shared mode's cache and cross-replica lookups, when Redis is configured.
+    pub flight: Option<Arc<Flight>>,
+    pub credentials: Arc<CredentialStore>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Arc<dyn Clock>,
+    pub fetch_timeout: Duration,
+}
+
 impl LookupService {
-    pub fn new(
-        cache: AnswerCache,
-        budget: Arc<Budget>,
-        credentials: Arc<CredentialStore>,
-        metrics: Arc<Metrics>,
-        clock: Arc<dyn Clock>,
-        fetch_timeout: Duration,
-    ) -> Self {
+    pub fn new(parts: LookupParts) -> Self {
         Self {
             inner: Arc::new(Inner {
-                cache,
+                cache: parts.cache,
                 in_flight: Arc::new(InFlight::default()),
-                budget,
-                credentials,
-                metrics,
-                clock,
-                fetch_timeout,
+                budget: parts.budget,
+                flight: parts.flight,
+                credentials: parts.credentials,
+                metrics: parts.metrics,
+                clock: parts.clock,
+                fetch_timeout: parts.fetch_timeout,
             }),
         }
     }
@@ -100,7 +109,6 @@ impl LookupService {
         }
         match inner.in_flight.join(flow_id) {
             Role::Leader(leader, receiver) => {
-                inner.metrics.cache_lookups_miss.inc();
                 let fetch_deadline = now + inner.fetch_timeout;
                 let service = self.clone();
                 let client = client.clone();
@@ -111,10 +119,26 @@ impl LookupService {
                         .fetch(leader, &client, flow_id, fetch_deadline, trace_id)
                         .await;
                 });
-                let answer = wait_for(receiver, deadline).await?;
+                let result = wait_for(receiver, deadline).await;
+                let served = match &result {
+                    Ok(Fetched {
+                        origin: Origin::SharedCache,
+                        ..
+                    }) => Served::Hit,
+                    Ok(Fetched {
+                        origin: Origin::Peer,
+                        ..
+                    }) => Served::Shared,
+                    _ => Served::Miss,
+                };
+                match served {
+                    Served::Hit => inner.metrics.cache_lookups_hit.inc(),
+                    Served::Shared => inner.metrics.cache_lookups_shared.inc(),
+                    Served::Miss => inner.metrics.cache_lookups_miss.inc(),
+                }
                 Ok(Lookup {
-                    answer,
-                    served: Served::Miss,
+                    answer: result?.answer,
+                    served,
                 })
             }
             Role::Follower(receiver) => {
@@ -123,14 +147,15 @@ impl LookupService {
                 let result = wait_for(receiver, deadline).await;
                 inner.metrics.coalesced_waiters.dec();
                 Ok(Lookup {
-                    answer: result?,
+                    answer: result?.answer,
                     served: Served::Shared,
                 })
             }
         }
     }
 
-    /// The leader's fetch: budget, upstream, retries; stores and publishes the result.
+    /// The leader's fetch: shared cache and peers when Redis is usable, else (or then) budget
+    /// and upstream; stores the answer locally and publishes the result to the followers.
     async fn fetch(
         &self,
         leader: Leader,
@@ -141,21 +166,140 @@ impl LookupService {
     ) {
         let inner = &self.inner;
         inner.metrics.inflight_fetches.inc();
-        let attempts = self.attempts(&leader, client, flow_id, deadline, trace_id.as_deref());
-        let result = match tokio::time::timeout_at(deadline, attempts).await {
+        let work = self.fetch_anywhere(&leader, client, flow_id, deadline, trace_id.as_deref());
+        let result = match tokio::time::timeout_at(deadline, work).await {
             Ok(result) => result,
             Err(_) => Err(ApiError::DeadlineExceeded),
         };
-        let result = match result {
-            Ok(answer) => {
-                let answer = Arc::new(answer);
-                inner.cache.insert(flow_id, Arc::clone(&answer)).await;
-                Ok(answer)
-            }
-            Err(error) => Err(error),
-        };
+        if let Ok(fetched) = &result {
+            inner
+                .cache
+                .insert(flow_id, Arc::clone(&fetched.answer))
+                .await;
+        }
         inner.metrics.inflight_fetches.dec();
         leader.finish(result);
+    }
+
+    async fn fetch_anywhere(
+        &self,
+        leader: &Leader,
+        client: &UpstreamClient,
+        flow_id: FlowId,
+        deadline: Instant,
+        trace_id: Option<&str>,
+    ) -> Result<Fetched, ApiError> {
+        let upstream = |answer: Answer| Fetched {
+            answer: Arc::new(answer),
+            origin: Origin::Upstream,
+        };
+        let Some(flight) = self.inner.flight.as_ref().filter(|f| f.redis().is_usable()) else {
+            return self
+                .attempts(leader, client, flow_id, deadline, trace_id)
+                .await
+                .map(upstream);
+        };
+        let now = self.inner.clock.now();
+        match flight.cached(flow_id, now).await {
+            Ok(Some(answer)) => {
+                return Ok(Fetched {
+                    answer: Arc::new(answer),
+                    origin: Origin::SharedCache,
+                })
+            }
+            Ok(None) => {}
+            // Redis is unavailable: this replica fetches on its own, within its local share.
+            Err(_) => {
+                return self
+                    .attempts(leader, client, flow_id, deadline, trace_id)
+                    .await
+                    .map(upstream)
+            }
+        }
+        loop {
+            // Listen before looking at the lease, so the holder's publish cannot be missed.
+            let outcome = flight.register(flow_id);
+            match flight.try_lease(flow_id).await {
+                Err(_) => {
+                    flight.unregister(flow_id);
+                    return self
+                        .attempts(leader, client, flow_id, deadline, trace_id)
+                        .await
+                        .map(upstream);
+                }
+                Ok(Lease::Acquired(token)) => {
+                    drop(outcome);
+                    flight.unregister(flow_id);
+                    return self
+                        .fetch_as_lease_holder(
+                            flight, &token, leader, client, flow_id, deadline, trace_id,
+                        )
+                        .await
+                        .map(|answer| Fetched {
+                            answer,
+                            origin: Origin::Upstream,
+                        });
+                }
+                Ok(Lease::Held(lease_left)) => {
+                    let now = self.inner.clock.now();
+                    if let Ok(Some(answer)) = flight.cached(flow_id, now).await {
+                        flight.unregister(flow_id);
+                        return Ok(Fetched {
+                            answer: Arc::new(answer),
+                            origin: Origin::SharedCache,
+                        });
+                    }
+                    let wait_until = deadline.min(now + lease_left + Duration::from_millis(50));
+                    if let Ok(Ok(published)) = tokio::time::timeout_at(wait_until, outcome).await {
+                        let now = self.inner.clock.now();
+                        if let Some(result) = published.into_result(now) {
+                            return result.map(|answer| Fetched {
+                                answer: Arc::new(answer),
+                                origin: Origin::Peer,
+                            });
+                        }
+                    }
+                    // No outcome within the lease: its holder is gone. Take over.
+                    flight.unregister(flow_id);
+                }
+            }
+        }
+    }
+
+    /// Fetches while holding the cross-replica lease; stores and publishes the outcome.
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_as_lease_holder(
+        &self,
+        flight: &Arc<Flight>,
+        token: &str,
+        leader: &Leader,
+        client: &UpstreamClient,
+        flow_id: FlowId,
+        deadline: Instant,
+        trace_id: Option<&str>,
+    ) -> Result<Arc<Answer>, ApiError> {
+        let keepalive = {
+            let flight = Arc::clone(flight);
+            let token = token.to_string();
+            tokio::spawn(async move {
+                let every = flight.lease_ttl() / 3;
+                loop {
+                    tokio::time::sleep(every).await;
+                    flight.renew(flow_id, &token).await;
+                }
+            })
+        };
+        let result = self
+            .attempts(leader, client, flow_id, deadline, trace_id)
+            .await
+            .map(Arc::new);
+        keepalive.abort();
+        if let Ok(answer) = &result {
+            let remaining = answer.remaining(self.inner.clock.now());
+            flight.store(flow_id, answer, remaining).await;
+        }
+        flight.finish(flow_id, token, &Outcome::of(&result)).await;
+        result
     }
 
     async fn attempts(

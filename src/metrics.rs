@@ -203,6 +203,36 @@ impl BudgetRejection {
     }
 }
 
+/// The state of shared mode (Redis), one gauge series each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedMode {
+    /// No Redis configured: self-contained.
+    Off,
+    /// Using the shared budget, cache and lookups.
+    Shared,
+    /// Sending nothing for one window while changing budgets.
+    Quiet,
+    /// Redis unavailable: local caches and a local share of the budget.
+    Degraded,
+}
+
+impl SharedMode {
+    pub const ALL: [SharedMode; 4] = [
+        SharedMode::Off,
+        SharedMode::Shared,
+        SharedMode::Quiet,
+        SharedMode::Degraded,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SharedMode::Off => "off",
+            SharedMode::Shared => "shared",
+            SharedMode::Quiet => "quiet",
+            SharedMode::Degraded => "degraded",
+        }
+    }
+}
+
 /// Status codes taskgate answers with, pre-initialised so rates never start from a gap.
 const STATUSES: [&str; 10] = [
     "200", "304", "400", "401", "404", "405", "500", "502", "503", "504",
@@ -230,6 +260,8 @@ pub struct Metrics {
     pub budget_effective_rate: Gauge,
     pub budget_limit: IntGauge,
     pub ready: IntGauge,
+    pub shared_mode: IntGaugeVec,
+    pub redis_errors: IntCounter,
 }
 
 impl Metrics {
@@ -330,6 +362,19 @@ impl Metrics {
             .unwrap(),
             ready: IntGauge::new("taskgate_ready", "1 when this replica reports ready, 0 otherwise.")
                 .unwrap(),
+            shared_mode: IntGaugeVec::new(
+                Opts::new(
+                    "taskgate_shared_mode",
+                    "1 for the current state of shared mode: off (no Redis), shared, quiet (changing budgets), degraded (Redis unavailable).",
+                ),
+                &["mode"],
+            )
+            .unwrap(),
+            redis_errors: IntCounter::new(
+                "taskgate_redis_errors_total",
+                "Redis operations that failed or timed out.",
+            )
+            .unwrap(),
             registry,
         };
         m.register_all();
@@ -361,6 +406,8 @@ impl Metrics {
             .unwrap();
         r.register(Box::new(self.budget_limit.clone())).unwrap();
         r.register(Box::new(self.ready.clone())).unwrap();
+        r.register(Box::new(self.shared_mode.clone())).unwrap();
+        r.register(Box::new(self.redis_errors.clone())).unwrap();
         #[cfg(target_os = "linux")]
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -407,7 +454,16 @@ impl Metrics {
             self.budget_rejections.with_label_values(&[reason.as_str()]);
         }
         self.budget_limit.set(i64::from(rate_limit));
+        self.set_shared_mode(SharedMode::Off);
         self.budget_effective_rate.set(f64::from(rate_limit));
+    }
+
+    pub fn set_shared_mode(&self, current: SharedMode) {
+        for mode in SharedMode::ALL {
+            self.shared_mode
+                .with_label_values(&[mode.as_str()])
+                .set(i64::from(mode == current));
+        }
     }
 
     pub fn record_upstream_call<T>(&self, result: &Result<T, UpstreamError>, seconds: f64) {

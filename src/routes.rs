@@ -94,22 +94,6 @@ fn parse_timeout(text: &str) -> Option<Duration> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timeouts_parse_in_the_documented_grammar_only() {
-        assert_eq!(parse_timeout("2s"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_timeout("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_timeout("3"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_timeout("1m"), Some(Duration::from_secs(60)));
-        for bad in ["", "s", "1.5s", "-1s", "1h", "1 s", "1234567890s", "2sec"] {
-            assert_eq!(parse_timeout(bad), None, "{bad}");
-        }
-    }
-}
-
 async fn get_task(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -184,4 +168,20 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         ))
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .body(state.metrics.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_parse_in_the_documented_grammar_only() {
+        assert_eq!(parse_timeout("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_timeout("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_timeout("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_timeout("1m"), Some(Duration::from_secs(60)));
+        for bad in ["", "s", "1.5s", "-1s", "1h", "1 s", "1234567890s", "2sec"] {
+            assert_eq!(parse_timeout(bad), None, "{bad}");
+        }
+    }
 }

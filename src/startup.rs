@@ -20,9 +20,11 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError};
 use crate::credentials::CredentialStore;
 use crate::demo::DemoUpstream;
-use crate::lookup::LookupService;
+use crate::lookup::{LookupParts, LookupService};
 use crate::observe;
 use crate::routes;
+use crate::shared::flight::Flight;
+use crate::shared::{Redis, SharedConfig};
 use crate::state::AppState;
 use crate::upstream::{tls, UpstreamClient, UpstreamTarget};
 
@@ -106,25 +108,61 @@ impl Application {
                 not_found_ttl: config.not_found_ttl,
             },
         );
+        let window = Duration::from_secs(1);
+        let redis = match &config.redis_url {
+            Some(url) => {
+                let redis = Redis::start(
+                    SharedConfig {
+                        url: url.clone(),
+                        prefix: config.redis_prefix.clone(),
+                        op_timeout: config.redis_timeout,
+                        expected_replicas: config.expected_replicas,
+                        quiet_for: window + config.rate_window_margin,
+                    },
+                    Arc::clone(&metrics),
+                    Arc::clone(&clock),
+                )
+                .map_err(|message| ConfigError {
+                    setting: "TASKGATE_REDIS_URL".into(),
+                    message,
+                })?;
+                log::info!(
+                    "shared mode: budget, cache and lookups shared through {url:?} (prefix {:?})",
+                    config.redis_prefix
+                );
+                Some(redis)
+            }
+            None => None,
+        };
         let budget = Budget::start(
             BudgetConfig {
                 limit: config.rate_limit,
-                window: Duration::from_secs(1),
+                window,
                 margin: config.rate_window_margin,
                 max_queue: config.max_queue,
                 max_queue_wait: config.max_queue_wait,
             },
+            config.upstream_timeout,
+            redis.clone(),
             Arc::clone(&clock),
             Arc::clone(&metrics),
         );
-        let lookup = web::Data::new(LookupService::new(
-            cache.clone(),
+        // The lease covers the longest one fetch takes before its holder renews it.
+        let flight = redis.map(|redis| {
+            Flight::start(
+                redis,
+                config.max_queue_wait + config.upstream_timeout + window,
+            )
+        });
+        let lookup = web::Data::new(LookupService::new(LookupParts {
+            cache: cache.clone(),
             budget,
+            flight,
             credentials,
-            Arc::clone(&metrics),
-            Arc::clone(&clock),
-            config.request_timeout,
-        ));
+            metrics: Arc::clone(&metrics),
+            clock: Arc::clone(&clock),
+            fetch_timeout: config.request_timeout,
+        }));
         let state = web::Data::new(AppState::new(
             Arc::clone(&metrics),
             cache,

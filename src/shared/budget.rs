@@ -1,0 +1,101 @@
+//! The shared budget: one sorted set per deployment holds every replica's slots, scored by when
+//! each stops counting, in milliseconds of the Redis server's clock.
+//!
+//! Taking a slot is one Lua script (check and take in one atomic step, on the server's clock, so
+//! replicas with skewed clocks cannot overspend). A slot is first held pessimistically, until the
+//! longest an attempt may take plus one window; when the answer arrives the release script lowers
+//! it to "answer + window" on the server's clock, exactly as the local budget does.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::Script;
+
+use super::{Redis, Unavailable};
+
+const TAKE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local used = redis.call('ZCARD', KEYS[1])
+if used < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) + 1000)
+  return {1, 0}
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, tonumber(first[2]) - now}
+"#;
+
+const RELEASE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZADD', KEYS[1], 'XX', 'LT', 'CH', now + tonumber(ARGV[2]), ARGV[1])
+"#;
+
+/// The answer of the take script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Take {
+    /// A slot, named by its member in the set.
+    Granted(String),
+    /// No slot; the earliest one frees after this long.
+    Refused(Duration),
+}
+
+/// Scripts and names for the shared budget.
+pub struct SharedBudget {
+    take: Script,
+    release: Script,
+    key: String,
+    next_slot: AtomicU64,
+}
+
+impl SharedBudget {
+    pub fn new(redis: &Redis) -> Self {
+        Self {
+            take: Script::new(TAKE),
+            release: Script::new(RELEASE),
+            key: redis.key(&["budget"]),
+            next_slot: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes a slot if fewer than `limit` count now; `hold` is the pessimistic lifetime.
+    pub async fn take(
+        &self,
+        redis: &Redis,
+        limit: u32,
+        hold: Duration,
+    ) -> Result<Take, Unavailable> {
+        let member = format!(
+            "{}:{}",
+            redis.replica_id(),
+            self.next_slot.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut conn = redis.connection();
+        let mut invocation = self.take.key(&self.key);
+        invocation
+            .arg(limit)
+            .arg(&member)
+            .arg(hold.as_millis() as u64);
+        let (granted, wait_ms): (i64, i64) = redis
+            .run(async move { invocation.invoke_async(&mut conn).await })
+            .await?;
+        Ok(if granted == 1 {
+            Take::Granted(member)
+        } else {
+            Take::Refused(Duration::from_millis(wait_ms.max(1) as u64))
+        })
+    }
+
+    /// The answer arrived: the slot counts for `cool` more, on the server's clock.
+    pub async fn release(&self, redis: &Redis, member: &str, cool: Duration) {
+        let mut conn = redis.connection();
+        let mut invocation = self.release.key(&self.key);
+        invocation.arg(member).arg(cool.as_millis() as u64);
+        // A failed release only keeps the slot until its pessimistic end: safe either way.
+        let _ = redis
+            .run(async move { invocation.invoke_async::<i64>(&mut conn).await })
+            .await;
+    }
+}

@@ -1,0 +1,244 @@
+//! The shared cache and one lookup per task across replicas.
+//!
+//! - Cache: `<prefix>answer:<flow id>` holds an answer envelope with a TTL (`PX`) by its kind, in
+//!   front of which each replica keeps its own moka cache.
+//! - Lookups: the replica that wins `SET <prefix>lease:<flow id> NX PX` fetches; the others wait
+//!   for its outcome, published on `<prefix>done:<flow id>` (one pattern subscription per
+//!   replica). A waiter whose lease holder vanished (lease expired, no outcome) takes over. The
+//!   holder keeps its lease alive while its fetch runs, and deletes it when done.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::{AsyncCommands, Script};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::envelope::{AnswerEnvelope, Outcome};
+use super::{Redis, Unavailable};
+use crate::cache::Answer;
+use crate::task::FlowId;
+
+/// Deletes the lease only if it is still ours.
+const RELEASE_LEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+/// Extends the lease only if it is still ours.
+const RENEW_LEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"#;
+
+/// The result of trying to lead a lookup across replicas.
+pub enum Lease {
+    /// We fetch; the token proves the lease is ours.
+    Acquired(String),
+    /// Another replica fetches; its lease ends within this long if it is not renewed.
+    Held(Duration),
+}
+
+pub struct Flight {
+    redis: Arc<Redis>,
+    waiters: Mutex<HashMap<FlowId, Vec<oneshot::Sender<Outcome>>>>,
+    release: Script,
+    renew: Script,
+    lease_ttl: Duration,
+}
+
+impl Flight {
+    /// Starts the subscription that wakes this replica's waiters.
+    pub fn start(redis: Arc<Redis>, lease_ttl: Duration) -> Arc<Self> {
+        let flight = Arc::new(Self {
+            redis,
+            waiters: Mutex::new(HashMap::new()),
+            release: Script::new(RELEASE_LEASE),
+            renew: Script::new(RENEW_LEASE),
+            lease_ttl,
+        });
+        let weak = Arc::downgrade(&flight);
+        tokio::spawn(async move {
+            loop {
+                let Some(flight) = weak.upgrade() else { return };
+                let pattern = flight.redis.key(&["done", "*"]);
+                let prefix = flight.redis.key(&["done", ""]);
+                let connected = flight.redis.client().get_async_pubsub().await;
+                drop(flight);
+                let Ok(mut pubsub) = connected else {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                };
+                if pubsub.psubscribe(&pattern).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                let mut messages = pubsub.on_message();
+                while let Some(message) = messages.next().await {
+                    let Some(flight) = weak.upgrade() else { return };
+                    let flow_id = message
+                        .get_channel_name()
+                        .strip_prefix(prefix.as_str())
+                        .and_then(|id| FlowId::parse(id).ok());
+                    let payload: Option<Vec<u8>> = message.get_payload().ok();
+                    if let (Some(flow_id), Some(payload)) = (flow_id, payload) {
+                        flight.deliver(flow_id, &payload);
+                    }
+                }
+                // The connection ended (Redis restarted or went away): subscribe again.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        flight
+    }
+
+    pub fn redis(&self) -> &Redis {
+        &self.redis
+    }
+
+    fn deliver(&self, flow_id: FlowId, payload: &[u8]) {
+        let senders = self
+            .waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&flow_id)
+            .unwrap_or_default();
+        for sender in senders {
+            if let Ok(outcome) = serde_json::from_slice::<Outcome>(payload) {
+                let _ = sender.send(outcome);
+            }
+        }
+    }
+
+    /// Registers interest in a peer's outcome before looking at the lease, so no publish is missed.
+    pub fn register(&self, flow_id: FlowId) -> oneshot::Receiver<Outcome> {
+        let (sender, receiver) = oneshot::channel();
+        self.waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(flow_id)
+            .or_default()
+            .push(sender);
+        receiver
+    }
+
+    pub fn unregister(&self, flow_id: FlowId) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = waiters.get_mut(&flow_id) {
+            list.retain(|sender| !sender.is_closed());
+            if list.is_empty() {
+                waiters.remove(&flow_id);
+            }
+        }
+    }
+
+    /// A still-fresh answer from the shared cache.
+    pub async fn cached(
+        &self,
+        flow_id: FlowId,
+        now: Instant,
+    ) -> Result<Option<Answer>, Unavailable> {
+        let key = self.redis.key(&["answer", &flow_id.to_string()]);
+        let mut conn = self.redis.connection();
+        let (value, pttl): (Option<Vec<u8>>, i64) = self
+            .redis
+            .run(async move {
+                redis::pipe()
+                    .get(&key)
+                    .pttl(&key)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        let (Some(value), true) = (value, pttl > 0) else {
+            return Ok(None);
+        };
+        let envelope: Option<AnswerEnvelope> = serde_json::from_slice(&value).ok();
+        Ok(envelope.and_then(|e| e.into_answer(now, Duration::from_millis(pttl as u64))))
+    }
+
+    /// Stores an answer for every replica, for as long as its kind allows.
+    pub async fn store(&self, flow_id: FlowId, answer: &Answer, remaining: Duration) {
+        let ttl_ms = remaining.as_millis() as u64;
+        if ttl_ms == 0 {
+            return;
+        }
+        let key = self.redis.key(&["answer", &flow_id.to_string()]);
+        let Ok(value) = serde_json::to_vec(&AnswerEnvelope::of(answer)) else {
+            return;
+        };
+        let mut conn = self.redis.connection();
+        let _ = self
+            .redis
+            .run(async move { conn.pset_ex::<_, _, ()>(&key, value, ttl_ms).await })
+            .await;
+    }
+
+    /// Tries to become the replica that fetches this flow id.
+    pub async fn try_lease(&self, flow_id: FlowId) -> Result<Lease, Unavailable> {
+        let key = self.redis.key(&["lease", &flow_id.to_string()]);
+        let token = format!("{}:{:016x}", self.redis.replica_id(), fastrand::u64(..));
+        let ttl_ms = self.lease_ttl.as_millis() as u64;
+        let mut conn = self.redis.connection();
+        let set_token = token.clone();
+        let (acquired, pttl): (Option<String>, i64) = self
+            .redis
+            .run(async move {
+                redis::pipe()
+                    .cmd("SET")
+                    .arg(&key)
+                    .arg(&set_token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .pttl(&key)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(match acquired {
+            Some(_) => Lease::Acquired(token),
+            None => Lease::Held(Duration::from_millis(pttl.max(0) as u64)),
+        })
+    }
+
+    /// Keeps our lease alive while the fetch runs.
+    pub async fn renew(&self, flow_id: FlowId, token: &str) {
+        let key = self.redis.key(&["lease", &flow_id.to_string()]);
+        let mut conn = self.redis.connection();
+        let mut invocation = self.renew.key(&key);
+        invocation.arg(token).arg(self.lease_ttl.as_millis() as u64);
+        let _ = self
+            .redis
+            .run(async move { invocation.invoke_async::<i64>(&mut conn).await })
+            .await;
+    }
+
+    /// Publishes the outcome to waiting replicas, then gives the lease up.
+    pub async fn finish(&self, flow_id: FlowId, token: &str, outcome: &Outcome) {
+        let id = flow_id.to_string();
+        let channel = self.redis.key(&["done", &id]);
+        let key = self.redis.key(&["lease", &id]);
+        let Ok(payload) = serde_json::to_vec(outcome) else {
+            return;
+        };
+        let mut conn = self.redis.connection();
+        let _ = self
+            .redis
+            .run(async move { conn.publish::<_, _, i64>(&channel, payload).await })
+            .await;
+        let mut conn = self.redis.connection();
+        let mut invocation = self.release.key(&key);
+        invocation.arg(token);
+        let _ = self
+            .redis
+            .run(async move { invocation.invoke_async::<i64>(&mut conn).await })
+            .await;
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+}

@@ -1,0 +1,293 @@
+//! Shared mode: several replicas share one budget, one cache and one lookup per task through Redis.
+//!
+//! Enabled by `TASKGATE_REDIS_URL`; without it nothing here runs. Redis trouble never breaks the
+//! promise to stay inside the account's rate: when an operation fails or times out, the replica
+//! goes *quiet* for one window (the shared budget may already be spent this second), then serves
+//! from its local caches with a conservative local share of the budget
+//! (`TASKGATE_RATE_LIMIT / TASKGATE_EXPECTED_REPLICAS`). A probe notices when Redis is back; the
+//! replica goes quiet for one more window (its local calls are not in Redis) and returns to the
+//! shared budget by itself. Degraded is not down: readiness stays 200.
+//!
+//! - `budget`: the atomic check-and-take of a slot (Lua, on the server's clock)
+//! - `envelope`: answers and errors as they are stored in Redis and published to peers
+//! - `flight`: one lookup per task across replicas (a lease per flow id, results by pub/sub)
+
+pub mod budget;
+pub mod envelope;
+pub mod flight;
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::time::Instant;
+
+use crate::clock::Clock;
+use crate::metrics::{Metrics, SharedMode};
+
+/// `TASKGATE_REDIS_URL`, whose password never prints.
+#[derive(Clone)]
+pub struct RedisUrl(pub String);
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+/// `rediss://user:secret@host:6379/0` -> `rediss://user:***@host:6379/0`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Settings of shared mode.
+#[derive(Debug, Clone)]
+pub struct SharedConfig {
+    pub url: RedisUrl,
+    pub prefix: String,
+    pub op_timeout: Duration,
+    pub expected_replicas: u32,
+    /// The budget's window plus margin: how long to stay quiet on a change of mode.
+    pub quiet_for: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    Connected,
+    /// Redis failed at `since`.
+    Down {
+        since: Instant,
+    },
+    /// Redis answered again at `since` after being down.
+    Returning {
+        since: Instant,
+    },
+}
+
+/// What the budget may do right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Use the shared budget in Redis.
+    Shared,
+    /// Send nothing until `until`: the other budget may still be counting this window.
+    Quiet { until: Instant },
+    /// Redis is down: use the local share.
+    Degraded,
+}
+
+/// The connection and the health of shared mode.
+pub struct Redis {
+    conn: ConnectionManager,
+    client: redis::Client,
+    config: SharedConfig,
+    health: Mutex<Health>,
+    replica_id: String,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+}
+
+/// A Redis operation that failed or took too long; the replica is degraded until Redis is back.
+#[derive(Debug)]
+pub struct Unavailable;
+
+impl Redis {
+    /// Connects lazily (a replica starts even while Redis is down) and starts the health probe.
+    pub fn start(
+        config: SharedConfig,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Self>, String> {
+        let client = redis::Client::open(config.url.0.as_str()).map_err(|e| {
+            format!(
+                "{} is not a usable Redis URL: {e}",
+                redact_url(&config.url.0)
+            )
+        })?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.op_timeout))
+            .set_response_timeout(Some(config.op_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+            .map_err(|e| format!("cannot set up the Redis connection: {e}"))?;
+        let redis = Arc::new(Self {
+            conn,
+            client,
+            config,
+            health: Mutex::new(Health::Connected),
+            replica_id: format!("{:016x}", fastrand::u64(..)),
+            metrics,
+            clock,
+        });
+        redis.publish_mode(Mode::Shared);
+        let weak = Arc::downgrade(&redis);
+        tokio::spawn(async move {
+            // While down, ping twice a second so the way back is found without traffic.
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let Some(redis) = weak.upgrade() else { return };
+                if matches!(redis.health(), Health::Down { .. }) {
+                    let mut conn = redis.conn.clone();
+                    let _ =
+                        redis
+                            .run(async move {
+                                redis::cmd("PING").query_async::<String>(&mut conn).await
+                            })
+                            .await;
+                }
+                let now = redis.clock.now();
+                redis.publish_mode(redis.mode(now));
+            }
+        });
+        Ok(redis)
+    }
+
+    pub fn config(&self) -> &SharedConfig {
+        &self.config
+    }
+
+    pub fn replica_id(&self) -> &str {
+        &self.replica_id
+    }
+
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    pub fn key(&self, parts: &[&str]) -> String {
+        let mut key = self.config.prefix.clone();
+        key.push_str(&parts.join(":"));
+        key
+    }
+
+    fn health(&self) -> Health {
+        *self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What the budget may do at `now`; moves Returning to Connected once the quiet window ends.
+    pub fn mode(&self, now: Instant) -> Mode {
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        match *health {
+            Health::Connected => Mode::Shared,
+            Health::Down { since } if now < since + self.config.quiet_for => Mode::Quiet {
+                until: since + self.config.quiet_for,
+            },
+            Health::Down { .. } => Mode::Degraded,
+            Health::Returning { since } if now < since + self.config.quiet_for => Mode::Quiet {
+                until: since + self.config.quiet_for,
+            },
+            Health::Returning { .. } => {
+                *health = Health::Connected;
+                log::info!("Redis is back: shared budget, cache and lookups resumed");
+                Mode::Shared
+            }
+        }
+    }
+
+    /// Whether cache and lookup coordination should try Redis at all right now.
+    pub fn is_usable(&self) -> bool {
+        !matches!(self.health(), Health::Down { .. })
+    }
+
+    /// The conservative local share used while degraded.
+    pub fn local_share(&self, limit: u32) -> u32 {
+        (limit / self.config.expected_replicas.max(1)).max(1)
+    }
+
+    /// Runs one Redis operation with the operation timeout, recording the health it shows.
+    pub async fn run<T>(
+        &self,
+        operation: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Unavailable> {
+        let result = tokio::time::timeout(self.config.op_timeout, operation).await;
+        let now = self.clock.now();
+        match result {
+            Ok(Ok(value)) => {
+                self.succeeded(now);
+                Ok(value)
+            }
+            Ok(Err(error)) => {
+                self.failed(now, &error.to_string());
+                Err(Unavailable)
+            }
+            Err(_) => {
+                self.failed(now, "timed out");
+                Err(Unavailable)
+            }
+        }
+    }
+
+    fn succeeded(&self, now: Instant) {
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        if let Health::Down { .. } = *health {
+            *health = Health::Returning { since: now };
+            log::info!(
+                "Redis answers again: staying quiet for {} ms before resuming the shared budget",
+                self.config.quiet_for.as_millis()
+            );
+        }
+    }
+
+    fn failed(&self, now: Instant, why: &str) {
+        self.metrics.redis_errors.inc();
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        if !matches!(*health, Health::Down { .. }) {
+            *health = Health::Down { since: now };
+            log::warn!(
+                "Redis unavailable ({why}): degraded to local caches and a local budget share \
+                 of 1/{} after a quiet window",
+                self.config.expected_replicas
+            );
+        }
+    }
+
+    fn publish_mode(&self, mode: Mode) {
+        let current = match mode {
+            Mode::Shared => SharedMode::Shared,
+            Mode::Quiet { .. } => SharedMode::Quiet,
+            Mode::Degraded => SharedMode::Degraded,
+        };
+        self.metrics.set_shared_mode(current);
+    }
+
+    /// Records the mode on the metrics now (also done by the probe twice a second).
+    pub fn refresh_mode_metric(&self) {
+        let now = self.clock.now();
+        self.publish_mode(self.mode(now));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_print() {
+        assert_eq!(
+            redact_url("rediss://app:s3cret@redis.internal:6380/0"),
+            "rediss://app:***@redis.internal:6380/0"
+        );
+        assert_eq!(
+            redact_url("redis://:s3cret@127.0.0.1:6379"),
+            "redis://:***@127.0.0.1:6379"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        let printed = format!("{:?}", RedisUrl("redis://u:pw@h".into()));
+        assert!(!printed.contains("pw"));
+    }
+}
