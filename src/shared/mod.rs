@@ -5,8 +5,10 @@
 //! goes *quiet* for one window (the shared budget may already be spent this second), then serves
 //! from its local caches with a conservative local share of the budget
 //! (`TASKGATE_RATE_LIMIT / TASKGATE_EXPECTED_REPLICAS`). A probe notices when Redis is back; the
-//! replica goes quiet for one more window (its local calls are not in Redis) and returns to the
-//! shared budget by itself. Degraded is not down: readiness stays 200.
+//! replica goes quiet for one more window, plus the time its peers may take to notice (their local
+//! calls are not in Redis), and returns to the shared budget by itself. Degraded is not down:
+//! readiness stays 200. A partition that cuts only some replicas off Redis can still let the
+//! cut-off ones spend their local share beside the shared budget; size EXPECTED_REPLICAS for it.
 //!
 //! - `budget`: the atomic check-and-take of a slot (Lua, on the server's clock)
 //! - `envelope`: answers and errors as they are stored in Redis and published to peers
@@ -25,6 +27,9 @@ use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::metrics::{Metrics, SharedMode};
+
+/// How often a degraded replica checks whether Redis is back.
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// `TASKGATE_REDIS_URL`, whose password never prints.
 #[derive(Clone)]
@@ -132,7 +137,7 @@ impl Redis {
         tokio::spawn(async move {
             // While down, ping twice a second so the way back is found without traffic.
             loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(PROBE_INTERVAL).await;
                 let Some(redis) = weak.upgrade() else { return };
                 if matches!(redis.health(), Health::Down { .. }) {
                     let mut conn = redis.conn.clone();
@@ -185,8 +190,8 @@ impl Redis {
                 until: since + self.config.quiet_for,
             },
             Health::Down { .. } => Mode::Degraded,
-            Health::Returning { since } if now < since + self.config.quiet_for => Mode::Quiet {
-                until: since + self.config.quiet_for,
+            Health::Returning { since } if now < since + self.return_quiet() => Mode::Quiet {
+                until: since + self.return_quiet(),
             },
             Health::Returning { .. } => {
                 *health = Health::Connected;
@@ -194,6 +199,13 @@ impl Redis {
                 Mode::Shared
             }
         }
+    }
+
+    /// How long to stay quiet on the way back to shared mode. Longer than on the way down: other
+    /// replicas may notice Redis's return up to one probe (and one operation timeout) later, and
+    /// their local calls until then are not in the shared budget.
+    fn return_quiet(&self) -> Duration {
+        self.config.quiet_for + PROBE_INTERVAL + self.config.op_timeout
     }
 
     /// Whether cache and lookup coordination should try Redis at all right now.

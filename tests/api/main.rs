@@ -9,5 +9,7 @@ mod helpers;
 mod lifecycle;
 mod ops;
 mod process;
+mod redis_server;
+mod shared_mode;
 mod tasks;
 mod tls;

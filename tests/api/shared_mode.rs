@@ -1,0 +1,202 @@
+//! Shared mode with real processes: three taskgate replicas, one fake upstream, one redis-server.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+
+use crate::fake_upstream::{FakeUpstream, Reply, FAKE_SECRET_ID, FAKE_SECRET_KEY};
+use crate::helpers::{client, spawn_process, Process};
+use crate::redis_server::RedisServer;
+
+fn replicas(fake: &FakeUpstream, redis: &RedisServer, extra: &[&str]) -> Vec<Process> {
+    let url = redis.url();
+    let prefix = format!("test{}:", fastrand::u32(..));
+    (0..3)
+        .map(|_| {
+            let mut args = vec![
+                "--upstream-endpoint",
+                &fake.url,
+                "--redis-url",
+                &url,
+                "--redis-prefix",
+                &prefix,
+                "--expected-replicas",
+                "3",
+                "--access-log",
+                "false",
+            ];
+            args.extend_from_slice(extra);
+            spawn_process(
+                &args,
+                &[
+                    ("TENCENTCLOUD_SECRET_ID", FAKE_SECRET_ID),
+                    ("TENCENTCLOUD_SECRET_KEY", FAKE_SECRET_KEY),
+                ],
+            )
+        })
+        .collect()
+}
+
+async fn get(client: &awc::Client, url: String) -> (u16, Option<String>, Vec<u8>) {
+    let mut response = client.get(url).send().await.expect("taskgate answers");
+    let cache = response
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = response.body().limit(1 << 20).await.unwrap().to_vec();
+    (response.status().as_u16(), cache, body)
+}
+
+async fn metric(client: &awc::Client, process: &Process, line_start: &str) -> Option<String> {
+    let (_, _, body) = get(client, format!("{}/metrics", process.base())).await;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .map(str::to_owned)
+}
+
+#[actix_rt::test]
+async fn three_replicas_share_one_budget_and_one_cache() {
+    let Some(redis) = RedisServer::start_or_skip("three_replicas_share_one_budget_and_one_cache")
+    else {
+        return;
+    };
+    let fake = FakeUpstream::start();
+    let replicas = replicas(&fake, &redis, &["--max-queue-wait", "15s"]);
+    let client = client();
+
+    // 150 distinct tasks, round-robin through the three replicas, all at once.
+    let first = join_all((0..150).map(|i| {
+        let base = replicas[i % 3].base();
+        get(&client, format!("{base}/tasks/{}", 50_000 + i))
+    }))
+    .await;
+
+    assert!(
+        first.iter().all(|(status, _, _)| *status == 200),
+        "all answered"
+    );
+    assert_eq!(fake.call_count(), 150);
+    let busiest = fake.max_calls_in_any_second();
+    assert!(
+        busiest <= 20,
+        "{busiest} upstream calls in one second across 3 replicas"
+    );
+
+    // The same tasks through other replicas: served from the shared cache.
+    let again = join_all((0..150).map(|i| {
+        let base = replicas[(i + 1) % 3].base();
+        get(&client, format!("{base}/tasks/{}", 50_000 + i))
+    }))
+    .await;
+    assert!(again
+        .iter()
+        .all(|(status, cache, _)| *status == 200 && cache.as_deref() == Some("hit")));
+    assert_eq!(
+        fake.call_count(),
+        150,
+        "zero upstream calls the second time"
+    );
+}
+
+#[actix_rt::test]
+async fn a_herd_spread_over_three_replicas_costs_one_call() {
+    let Some(redis) =
+        RedisServer::start_or_skip("a_herd_spread_over_three_replicas_costs_one_call")
+    else {
+        return;
+    };
+    let fake = FakeUpstream::start();
+    fake.script(
+        7,
+        Reply::Delay(Duration::from_millis(1_500), Box::new(Reply::Task(1))),
+    );
+    let replicas = replicas(&fake, &redis, &[]);
+    let client = client();
+
+    let answers = join_all((0..300).map(|i| {
+        let base = replicas[i % 3].base();
+        get(&client, format!("{base}/tasks/7"))
+    }))
+    .await;
+
+    assert_eq!(
+        fake.calls_for(7),
+        1,
+        "one upstream call for 300 callers on 3 replicas"
+    );
+    let body = &answers[0].2;
+    assert!(answers
+        .iter()
+        .all(|(status, _, b)| *status == 200 && b == body));
+}
+
+#[actix_rt::test]
+async fn losing_redis_degrades_safely_and_shared_mode_returns() {
+    let Some(mut redis) =
+        RedisServer::start_or_skip("losing_redis_degrades_safely_and_shared_mode_returns")
+    else {
+        return;
+    };
+    let fake = FakeUpstream::start();
+    let replicas = replicas(&fake, &redis, &["--max-queue-wait", "20s"]);
+    let client = client();
+
+    // Steady demand above the budget: 30 new tasks a second for 6 seconds, round-robin.
+    let load = async {
+        let mut requests = Vec::new();
+        for i in 0..180usize {
+            let base = replicas[i % 3].base();
+            let client = client.clone();
+            requests.push(actix_rt::spawn(async move {
+                get(&client, format!("{base}/tasks/{}", 60_000 + i)).await.0
+            }));
+            actix_rt::time::sleep(Duration::from_millis(33)).await;
+        }
+        join_all(requests).await
+    };
+    let outage = async {
+        actix_rt::time::sleep(Duration::from_secs(2)).await;
+        redis.kill();
+        actix_rt::time::sleep(Duration::from_secs(2)).await;
+        redis.restart();
+    };
+    let (statuses, ()) = futures_util::join!(load, outage);
+
+    let statuses: Vec<u16> = statuses.into_iter().map(|s| s.unwrap()).collect();
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "every request succeeded: {statuses:?}"
+    );
+    let busiest = fake.max_calls_in_any_second();
+    assert!(
+        busiest <= 20,
+        "{busiest} upstream calls in one second through the outage"
+    );
+
+    // Every replica returns to shared mode by itself.
+    for replica in &replicas {
+        let mut mode = None;
+        for _ in 0..100 {
+            mode = metric(&client, replica, "taskgate_shared_mode{mode=\"shared\"}").await;
+            if mode.as_deref().is_some_and(|l| l.ends_with(" 1")) {
+                break;
+            }
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            mode.as_deref(),
+            Some("taskgate_shared_mode{mode=\"shared\"} 1")
+        );
+        let errors = metric(&client, replica, "taskgate_redis_errors_total")
+            .await
+            .unwrap();
+        assert_ne!(
+            errors, "taskgate_redis_errors_total 0",
+            "the outage was noticed"
+        );
+        let ready = get(&client, format!("{}/readyz", replica.base())).await.0;
+        assert_eq!(ready, 200, "degraded is not down");
+    }
+}
