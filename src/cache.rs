@@ -44,11 +44,13 @@ pub struct Answer {
     pub fetched_at: Instant,
     /// How long it may be served.
     pub ttl: Duration,
+    /// How long after that it may still be served if its refresh fails (stale-if-error).
+    pub stale_for: Duration,
     pub upstream_request_id: Option<String>,
 }
 
 impl Answer {
-    pub fn from_task(task: &Task, fetched_at: Instant, ttl: Duration) -> Self {
+    pub fn from_task(task: &Task, fetched_at: Instant, ttl: Duration, stale_for: Duration) -> Self {
         Self {
             kind: if task.status.is_final() {
                 AnswerKind::Final
@@ -60,6 +62,7 @@ impl Answer {
             body: Bytes::from(task.to_json()),
             fetched_at,
             ttl,
+            stale_for,
             upstream_request_id: Some(task.request_id.clone()),
         }
     }
@@ -72,6 +75,7 @@ impl Answer {
             body: Bytes::from(error.to_body()),
             fetched_at,
             ttl,
+            stale_for: Duration::ZERO,
             upstream_request_id: error.upstream_request_id().map(str::to_owned),
         }
     }
@@ -79,6 +83,11 @@ impl Answer {
     /// Time left before the entry must be fetched again (zero when expired).
     pub fn remaining(&self, now: Instant) -> Duration {
         (self.fetched_at + self.ttl).saturating_duration_since(now)
+    }
+
+    /// Time left before the entry may no longer be served even as a stale fallback.
+    pub fn usable(&self, now: Instant) -> Duration {
+        (self.fetched_at + self.ttl + self.stale_for).saturating_duration_since(now)
     }
 
     /// Seconds since the upstream answered, for the `Age` header.
@@ -91,12 +100,21 @@ impl Answer {
     }
 }
 
+/// What the cache holds for a flow id.
+pub enum CacheLookup {
+    Fresh(Arc<Answer>),
+    /// Past its interval but within stale-if-error: a fallback, not an answer.
+    Stale(Arc<Answer>),
+    Miss,
+}
+
 /// TTLs by kind, from configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct CachePolicy {
     pub final_ttl: Duration,
     pub processing_ttl: Duration,
     pub not_found_ttl: Duration,
+    pub stale_if_error: Duration,
 }
 
 impl CachePolicy {
@@ -119,7 +137,7 @@ impl Expiry<FlowId, Arc<Answer>> for ByAnswerTtl {
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
         // Answers from the shared cache arrive part-way through their lifetime.
-        Some(value.remaining(Instant::now()))
+        Some(value.usable(Instant::now()))
     }
 
     fn expire_after_update(
@@ -129,7 +147,7 @@ impl Expiry<FlowId, Arc<Answer>> for ByAnswerTtl {
         _updated_at: std::time::Instant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
-        Some(value.remaining(Instant::now()))
+        Some(value.usable(Instant::now()))
     }
 }
 
@@ -156,15 +174,24 @@ impl AnswerCache {
 
     /// A still-fresh answer, if there is one.
     pub async fn get(&self, flow_id: FlowId, now: Instant) -> Option<Arc<Answer>> {
-        self.entries
-            .get(&flow_id)
-            .await
-            .filter(|answer| !answer.remaining(now).is_zero())
+        match self.lookup(flow_id, now).await {
+            CacheLookup::Fresh(answer) => Some(answer),
+            _ => None,
+        }
+    }
+
+    /// A fresh answer, or a stale one kept for stale-if-error, or nothing.
+    pub async fn lookup(&self, flow_id: FlowId, now: Instant) -> CacheLookup {
+        match self.entries.get(&flow_id).await {
+            Some(answer) if !answer.remaining(now).is_zero() => CacheLookup::Fresh(answer),
+            Some(answer) if !answer.usable(now).is_zero() => CacheLookup::Stale(answer),
+            _ => CacheLookup::Miss,
+        }
     }
 
     /// Keeps an answer for as long as its kind allows (a zero TTL keeps nothing).
     pub async fn insert(&self, flow_id: FlowId, answer: Arc<Answer>) {
-        if !answer.remaining(Instant::now()).is_zero() {
+        if !answer.usable(Instant::now()).is_zero() {
             self.entries.insert(flow_id, answer).await;
         }
     }

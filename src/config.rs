@@ -34,6 +34,13 @@ fn parse_rate_limit(text: &str) -> Result<u32, String> {
     }
 }
 
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err("must be a number from 0 to 1, such as 0.1".into()),
+    }
+}
+
 fn parse_count(text: &str) -> Result<usize, String> {
     match text.trim().parse::<usize>() {
         Ok(n) if n >= 1 => Ok(n),
@@ -126,6 +133,24 @@ pub struct Config {
     /// pressure should evict it earlier.
     #[arg(long, env = "TASKGATE_FINAL_TTL", default_value = "24h", value_parser = parse_positive_duration)]
     pub final_ttl: Duration,
+
+    /// How long the last known status of a processing task may be served when its refresh fails
+    /// (stale-if-error; 0 disables).
+    #[arg(long, env = "TASKGATE_STALE_IF_ERROR", default_value = "5m", value_parser = parse_duration)]
+    pub stale_if_error: Duration,
+
+    /// Retries of transient upstream failures as a share of calls over 10 s (a floor of 1 retry
+    /// per second always remains, so a lone request is still retried).
+    #[arg(long, env = "TASKGATE_RETRY_BUDGET", default_value = "0.1", value_parser = parse_ratio)]
+    pub retry_budget: f64,
+
+    /// Consecutive transient upstream failures that open the circuit breaker.
+    #[arg(long, env = "TASKGATE_BREAKER_FAILURES", default_value = "5", value_parser = parse_rate_limit)]
+    pub breaker_failures: u32,
+
+    /// How long the circuit stays open before one probe call (doubling on failure, up to 60s).
+    #[arg(long, env = "TASKGATE_BREAKER_OPEN", default_value = "5s", value_parser = parse_positive_duration)]
+    pub breaker_open: Duration,
 
     /// Memory bound of the answer cache in bytes (rendered answer plus bookkeeping per entry).
     #[arg(long, env = "TASKGATE_CACHE_CAPACITY", default_value = "67108864", value_parser = parse_count)]

@@ -30,6 +30,8 @@ pub enum ApiError {
     BudgetExhausted { retry_after_secs: u64 },
     /// The caller's deadline passed while the lookup was still under way.
     DeadlineExceeded,
+    /// The circuit breaker is open: the upstream kept failing, so we do not queue behind it.
+    CircuitOpen { retry_after_secs: u64 },
     /// A bug or an impossible state on our side.
     Internal(String),
     /// An error another replica answered for the lookup this one waited on, as it rendered it.
@@ -106,6 +108,15 @@ impl ApiError {
                      is full or too slow; retry in {retry_after_secs} s"
                 ),
             ),
+            Self::CircuitOpen { retry_after_secs } => part(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream-circuit-open",
+                "Upstream unavailable",
+                format!(
+                    "the upstream failed repeatedly; taskgate stops calling it for a moment \
+                     (retry in {retry_after_secs} s)"
+                ),
+            ),
             Self::DeadlineExceeded => part(
                 StatusCode::GATEWAY_TIMEOUT,
                 "deadline-exceeded",
@@ -131,7 +142,9 @@ impl ApiError {
     /// Seconds a client should wait before retrying, when the answer is 503.
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
-            Self::BudgetExhausted { retry_after_secs } => Some((*retry_after_secs).max(1)),
+            Self::BudgetExhausted { retry_after_secs } | Self::CircuitOpen { retry_after_secs } => {
+                Some((*retry_after_secs).max(1))
+            }
             Self::Relayed {
                 retry_after_secs, ..
             } => *retry_after_secs,

@@ -12,6 +12,7 @@
 //! - `cache`: rendered answers kept by task status (moka)
 //! - `coalesce`: one upstream fetch per flow id, shared by concurrent lookups
 //! - `budget`: the sliding-window rate limiter with its FIFO queue
+//! - `resilience`: the retry budget and the circuit breaker
 //! - `error`: `ApiError` and its one mapping to problem+json
 //! - `metrics`: the Prometheus registry and typed handles
 //! - `routes`, `state`, `startup`: the HTTP surface and the application's lifecycle
@@ -33,6 +34,7 @@ pub mod logging;
 pub mod lookup;
 pub mod metrics;
 pub mod observe;
+pub mod resilience;
 pub mod routes;
 pub mod shared;
 pub mod signing;

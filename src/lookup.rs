@@ -16,12 +16,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::budget::Budget;
-use crate::cache::{Answer, AnswerCache};
+use crate::cache::{Answer, AnswerCache, CacheLookup};
 use crate::clock::Clock;
 use crate::coalesce::{wait_for, Fetched, InFlight, Leader, Origin, Role};
 use crate::credentials::CredentialStore;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, Served};
+use crate::resilience::{Admission, Resilience};
 use crate::shared::envelope::Outcome;
 use crate::shared::flight::{Flight, Lease};
 use crate::task::{FlowId, Task};
@@ -30,6 +31,8 @@ use crate::upstream::{ErrorFamily, UpstreamClient, UpstreamError};
 /// First back-off after a throttled attempt; doubles per retry, capped, with full jitter.
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
+/// Retries of one lookup after transient failures (three attempts in all), as SDKs default to.
+const MAX_TRANSIENT_RETRIES: u32 = 2;
 
 /// What a lookup produced and how.
 pub struct Lookup {
@@ -41,6 +44,7 @@ struct Inner {
     cache: AnswerCache,
     in_flight: Arc<InFlight>,
     budget: Arc<Budget>,
+    resilience: Arc<Resilience>,
     flight: Option<Arc<Flight>>,
     credentials: Arc<CredentialStore>,
     metrics: Arc<Metrics>,
@@ -58,6 +62,7 @@ pub struct LookupService {
 pub struct LookupParts {
     pub cache: AnswerCache,
     pub budget: Arc<Budget>,
+    pub resilience: Arc<Resilience>,
     /// Shared mode's cache and cross-replica lookups, when Redis is configured.
     pub flight: Option<Arc<Flight>>,
     pub credentials: Arc<CredentialStore>,
@@ -73,6 +78,7 @@ impl LookupService {
                 cache: parts.cache,
                 in_flight: Arc::new(InFlight::default()),
                 budget: parts.budget,
+                resilience: parts.resilience,
                 flight: parts.flight,
                 credentials: parts.credentials,
                 metrics: parts.metrics,
@@ -100,13 +106,47 @@ impl LookupService {
     ) -> Result<Lookup, ApiError> {
         let inner = &self.inner;
         let now = inner.clock.now();
-        if let Some(answer) = inner.cache.get(flow_id, now).await {
-            inner.metrics.cache_lookups_hit.inc();
-            return Ok(Lookup {
-                answer,
-                served: Served::Hit,
-            });
+        let stale = match inner.cache.lookup(flow_id, now).await {
+            CacheLookup::Fresh(answer) => {
+                inner.metrics.cache_lookups_hit.inc();
+                return Ok(Lookup {
+                    answer,
+                    served: Served::Hit,
+                });
+            }
+            CacheLookup::Stale(answer) => Some(answer),
+            CacheLookup::Miss => None,
+        };
+        let result = self
+            .fetch_or_join(client, flow_id, now, deadline, trace_id)
+            .await;
+        match (result, stale) {
+            // The refresh failed on the upstream's side: the last known status beats an error.
+            (Err(error), Some(stale))
+                if error.status().is_server_error()
+                    && !stale.usable(inner.clock.now()).is_zero() =>
+            {
+                log::debug!("serving a stale processing status: {error}");
+                inner.metrics.cache_lookups_stale.inc();
+                Ok(Lookup {
+                    answer: stale,
+                    served: Served::Stale,
+                })
+            }
+            (result, _) => result,
         }
+    }
+
+    /// Leads a fetch for this flow id or joins the one under way, and waits for its result.
+    async fn fetch_or_join(
+        &self,
+        client: &UpstreamClient,
+        flow_id: FlowId,
+        now: Instant,
+        deadline: Instant,
+        trace_id: Option<&str>,
+    ) -> Result<Lookup, ApiError> {
+        let inner = &self.inner;
         match inner.in_flight.join(flow_id) {
             Role::Leader(leader, receiver) => {
                 let fetch_deadline = now + inner.fetch_timeout;
@@ -134,7 +174,7 @@ impl LookupService {
                 match served {
                     Served::Hit => inner.metrics.cache_lookups_hit.inc(),
                     Served::Shared => inner.metrics.cache_lookups_shared.inc(),
-                    Served::Miss => inner.metrics.cache_lookups_miss.inc(),
+                    Served::Miss | Served::Stale => inner.metrics.cache_lookups_miss.inc(),
                 }
                 Ok(Lookup {
                     answer: result?.answer,
@@ -302,6 +342,9 @@ impl LookupService {
         result
     }
 
+    /// Attempts until an answer, a final error, or no time or budget left: each attempt passes
+    /// the circuit breaker and takes a budget slot; throttling and transient failures are retried
+    /// with exponential back-off and full jitter (transient ones within the retry budget).
     async fn attempts(
         &self,
         leader: &Leader,
@@ -312,7 +355,20 @@ impl LookupService {
     ) -> Result<Answer, ApiError> {
         let inner = &self.inner;
         let mut retry: u32 = 0;
+        let mut transient_retries: u32 = 0;
+        let mut last_error: Option<ApiError> = None;
         loop {
+            let now = inner.clock.now();
+            if let Admission::Rejected { until } = inner.resilience.admit(now) {
+                // A retry that finds the circuit open reports what the upstream last said.
+                if let Some(error) = last_error {
+                    return Err(error);
+                }
+                let wait = until.saturating_duration_since(now);
+                return Err(ApiError::CircuitOpen {
+                    retry_after_secs: (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1),
+                });
+            }
             let permit = inner
                 .budget
                 .acquire(deadline, |queued| {
@@ -327,35 +383,61 @@ impl LookupService {
             if retry > 0 {
                 inner.metrics.upstream_retries.inc();
             }
+            inner.resilience.record_call(inner.clock.now());
             let result = self.call_upstream(client, flow_id, trace_id).await;
             // The slot starts cooling when the answer is in, which is what keeps Tencent's window.
             drop(permit);
             let now = inner.clock.now();
             match result {
-                Ok(task) => {
-                    let kind_ttl = if task.status.is_final() {
-                        inner.cache.policy().final_ttl
-                    } else {
-                        inner.cache.policy().processing_ttl
-                    };
-                    return Ok(Answer::from_task(&task, now, kind_ttl));
-                }
-                Err(error) if error.family() == Some(ErrorFamily::NotFound) => {
-                    let ttl = inner.cache.policy().not_found_ttl;
-                    return Ok(Answer::not_found(&ApiError::Upstream(error), now, ttl));
+                Err(error) if error.is_transient() => {
+                    inner.resilience.failed(now);
+                    let backoff = full_jitter(retry);
+                    let error = ApiError::Upstream(error);
+                    if transient_retries >= MAX_TRANSIENT_RETRIES
+                        || now + backoff >= deadline
+                        || !inner.resilience.try_retry(now)
+                    {
+                        return Err(error);
+                    }
+                    leader.setback(error.clone());
+                    last_error = Some(error);
+                    tokio::time::sleep(backoff).await;
+                    retry += 1;
+                    transient_retries += 1;
                 }
                 Err(error) if error.is_throttled() => {
+                    // An answer from a live upstream: not a breaker failure.
+                    inner.resilience.succeeded();
                     inner.budget.throttled();
                     let backoff = full_jitter(retry);
                     let error = ApiError::Upstream(error);
                     if now + backoff >= deadline {
                         return Err(error);
                     }
-                    leader.setback(error);
+                    leader.setback(error.clone());
+                    last_error = Some(error);
                     tokio::time::sleep(backoff).await;
                     retry += 1;
                 }
-                Err(error) => return Err(ApiError::Upstream(error)),
+                Ok(task) => {
+                    inner.resilience.succeeded();
+                    let policy = inner.cache.policy();
+                    let (ttl, stale_for) = if task.status.is_final() {
+                        (policy.final_ttl, Duration::ZERO)
+                    } else {
+                        (policy.processing_ttl, policy.stale_if_error)
+                    };
+                    return Ok(Answer::from_task(&task, now, ttl, stale_for));
+                }
+                Err(error) if error.family() == Some(ErrorFamily::NotFound) => {
+                    inner.resilience.succeeded();
+                    let ttl = inner.cache.policy().not_found_ttl;
+                    return Ok(Answer::not_found(&ApiError::Upstream(error), now, ttl));
+                }
+                Err(error) => {
+                    inner.resilience.succeeded();
+                    return Err(ApiError::Upstream(error));
+                }
             }
         }
     }

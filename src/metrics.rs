@@ -172,15 +172,18 @@ pub enum Served {
     Miss,
     /// Waited on another request's upstream call.
     Shared,
+    /// The last known processing status, served because its refresh failed (stale-if-error).
+    Stale,
 }
 
 impl Served {
-    pub const ALL: [Served; 3] = [Served::Hit, Served::Miss, Served::Shared];
+    pub const ALL: [Served; 4] = [Served::Hit, Served::Miss, Served::Shared, Served::Stale];
     pub fn as_str(self) -> &'static str {
         match self {
             Served::Hit => "hit",
             Served::Miss => "miss",
             Served::Shared => "shared",
+            Served::Stale => "stale",
         }
     }
 }
@@ -233,6 +236,29 @@ impl SharedMode {
     }
 }
 
+/// The circuit breaker's state, one gauge series each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl BreakerState {
+    pub const ALL: [BreakerState; 3] = [
+        BreakerState::Closed,
+        BreakerState::Open,
+        BreakerState::HalfOpen,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
 /// Status codes taskgate answers with, pre-initialised so rates never start from a gap.
 const STATUSES: [&str; 10] = [
     "200", "304", "400", "401", "404", "405", "500", "502", "503", "504",
@@ -262,6 +288,9 @@ pub struct Metrics {
     pub ready: IntGauge,
     pub shared_mode: IntGaugeVec,
     pub redis_errors: IntCounter,
+    pub breaker_state: IntGaugeVec,
+    pub retries_denied: IntCounter,
+    pub cache_lookups_stale: IntCounter,
 }
 
 impl Metrics {
@@ -276,6 +305,7 @@ impl Metrics {
             cache_lookups_hit: cache_lookups.with_label_values(&[Served::Hit.as_str()]),
             cache_lookups_miss: cache_lookups.with_label_values(&[Served::Miss.as_str()]),
             cache_lookups_shared: cache_lookups.with_label_values(&[Served::Shared.as_str()]),
+            cache_lookups_stale: cache_lookups.with_label_values(&[Served::Stale.as_str()]),
             cache_lookups,
             http_requests: IntCounterVec::new(
                 Opts::new("taskgate_http_requests_total", "HTTP requests answered, by route template and status code."),
@@ -375,6 +405,19 @@ impl Metrics {
                 "Redis operations that failed or timed out.",
             )
             .unwrap(),
+            breaker_state: IntGaugeVec::new(
+                Opts::new(
+                    "taskgate_circuit_breaker_state",
+                    "1 for the upstream circuit breaker's current state: closed, open, half_open.",
+                ),
+                &["state"],
+            )
+            .unwrap(),
+            retries_denied: IntCounter::new(
+                "taskgate_upstream_retries_denied_total",
+                "Retries of transient upstream failures not made because the retry budget was spent.",
+            )
+            .unwrap(),
             registry,
         };
         m.register_all();
@@ -408,6 +451,8 @@ impl Metrics {
         r.register(Box::new(self.ready.clone())).unwrap();
         r.register(Box::new(self.shared_mode.clone())).unwrap();
         r.register(Box::new(self.redis_errors.clone())).unwrap();
+        r.register(Box::new(self.breaker_state.clone())).unwrap();
+        r.register(Box::new(self.retries_denied.clone())).unwrap();
         #[cfg(target_os = "linux")]
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -455,7 +500,16 @@ impl Metrics {
         }
         self.budget_limit.set(i64::from(rate_limit));
         self.set_shared_mode(SharedMode::Off);
+        self.set_breaker_state(BreakerState::Closed);
         self.budget_effective_rate.set(f64::from(rate_limit));
+    }
+
+    pub fn set_breaker_state(&self, current: BreakerState) {
+        for state in BreakerState::ALL {
+            self.breaker_state
+                .with_label_values(&[state.as_str()])
+                .set(i64::from(state == current));
+        }
     }
 
     pub fn set_shared_mode(&self, current: SharedMode) {

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use crate::cache::AnswerKind;
 use crate::error::ApiError;
 use crate::lookup::{Lookup, LookupService};
+use crate::metrics::Served;
 use crate::observe::{RequestId, UpstreamRequestId};
 use crate::state::AppState;
 use crate::task::FlowId;
@@ -131,6 +132,9 @@ fn render(state: &AppState, found: &Lookup, now: Instant) -> HttpResponse {
             format!("max-age={}", ceil_secs(answer.remaining(now))),
         )),
     };
+    if found.served == Served::Stale {
+        response.insert_header((header::WARNING, "111 - \"Revalidation Failed\""));
+    }
     if let Some(id) = &answer.upstream_request_id {
         response
             .extensions_mut()

@@ -22,6 +22,7 @@ use crate::credentials::CredentialStore;
 use crate::demo::DemoUpstream;
 use crate::lookup::{LookupParts, LookupService};
 use crate::observe;
+use crate::resilience::{BreakerConfig, Resilience, RetryBudgetConfig};
 use crate::routes;
 use crate::shared::flight::Flight;
 use crate::shared::{Redis, SharedConfig};
@@ -106,6 +107,7 @@ impl Application {
                 final_ttl: config.final_ttl,
                 processing_ttl: config.processing_ttl,
                 not_found_ttl: config.not_found_ttl,
+                stale_if_error: config.stale_if_error,
             },
         );
         let window = Duration::from_secs(1);
@@ -154,9 +156,24 @@ impl Application {
                 config.max_queue_wait + config.upstream_timeout + window,
             )
         });
+        let resilience = Arc::new(Resilience::new(
+            RetryBudgetConfig {
+                ratio: config.retry_budget,
+                floor_per_second: 1,
+                window: Duration::from_secs(10),
+            },
+            BreakerConfig {
+                failures: config.breaker_failures,
+                open_for: config.breaker_open,
+                max_open_for: Duration::from_secs(60),
+                probe_timeout: config.max_queue_wait + config.upstream_timeout,
+            },
+            Arc::clone(&metrics),
+        ));
         let lookup = web::Data::new(LookupService::new(LookupParts {
             cache: cache.clone(),
             budget,
+            resilience,
             flight,
             credentials,
             metrics: Arc::clone(&metrics),

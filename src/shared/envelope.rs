@@ -76,6 +76,8 @@ impl AnswerEnvelope {
             body: Bytes::from(self.body),
             fetched_at: now.checked_sub(ttl - remaining).unwrap_or(now),
             ttl,
+            // Stale-if-error is each replica's own fallback, kept locally only.
+            stale_for: Duration::ZERO,
             upstream_request_id: self.request_id,
         })
     }

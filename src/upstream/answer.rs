@@ -104,6 +104,23 @@ impl UpstreamError {
         }
     }
 
+    /// A failure that says nothing about the task and may pass: a connection that failed, an
+    /// attempt that timed out, a 5xx, or Tencent's `InternalError` / `ServiceUnavailable`.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Transport { .. } | Self::Timeout => true,
+            Self::HttpStatus { status } => *status >= 500,
+            Self::Api(answer) => {
+                let code = answer.code.as_str();
+                code == "InternalError"
+                    || code.starts_with("InternalError.")
+                    || code == "ServiceUnavailable"
+                    || code.starts_with("ServiceUnavailable.")
+            }
+            Self::Malformed { .. } => false,
+        }
+    }
+
     /// Throttling says the account's budget is spent: worth a retry after a back-off.
     pub fn is_throttled(&self) -> bool {
         self.family() == Some(ErrorFamily::Throttled)

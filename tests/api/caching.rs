@@ -83,7 +83,7 @@ async fn final_answers_are_immutable_and_processing_ones_short_lived() {
 async fn not_found_is_remembered_briefly_and_errors_never() {
     let app = spawn_app().await;
     app.fake.script(3, Reply::Error("ResourceNotFound"));
-    app.fake.script(4, Reply::Error("InternalError"));
+    app.fake.script(4, Reply::Error("FailedOperation"));
 
     let first = app.task(3).await;
     let second = app.task(3).await;

@@ -3,7 +3,19 @@
 use std::time::Duration;
 
 use crate::fake_upstream::{FakeUpstream, Reply};
-use crate::helpers::{spawn_app, spawn_app_with, Answer, TestApp};
+use crate::helpers::{Answer, TestApp};
+
+/// The mapping tests send many failing lookups to one app; the circuit breaker (tested on its
+/// own) would otherwise open between rows and answer for the upstream.
+async fn spawn_app() -> TestApp {
+    spawn_app_with(FakeUpstream::start(), &[]).await
+}
+
+async fn spawn_app_with(fake: FakeUpstream, extra: &[&str]) -> TestApp {
+    let mut args = vec!["--breaker-failures", "1000"];
+    args.extend_from_slice(extra);
+    crate::helpers::spawn_app_with(fake, &args).await
+}
 
 async fn answer_for(app: &TestApp, flow_id: i64, reply: Reply) -> Answer {
     app.fake.script(flow_id, reply);

@@ -5,6 +5,7 @@ mod budget;
 mod caching;
 mod errors;
 mod fake_upstream;
+mod faults;
 mod helpers;
 mod lifecycle;
 mod ops;
