@@ -25,7 +25,9 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
+use crate::callers::CallerName;
 use crate::clock::Clock;
+use crate::fair_queue::{FairQueue, QueueKey};
 use crate::metrics::{BudgetRejection, Metrics};
 use crate::shared::budget::{SharedBudget, Take as SharedTake};
 use crate::shared::{Mode, Redis};
@@ -190,13 +192,13 @@ impl BudgetState {
 }
 
 struct Waiter {
-    id: u64,
     grant: oneshot::Sender<Permit>,
 }
 
 struct Shared {
     state: BudgetState,
-    queue: VecDeque<Waiter>,
+    /// Lookups waiting for a slot, per caller, served round-robin.
+    queue: FairQueue<Waiter>,
     next_waiter_id: u64,
     /// In shared mode: when Redis said the earliest slot frees, as of the last refusal.
     shared_free_at: Option<Instant>,
@@ -274,7 +276,7 @@ impl Budget {
         let budget = Arc::new(Self {
             shared: Mutex::new(Shared {
                 state: BudgetState::new(config),
-                queue: VecDeque::new(),
+                queue: FairQueue::default(),
                 next_waiter_id: 0,
                 shared_free_at: None,
             }),
@@ -386,7 +388,7 @@ impl Budget {
             match self.try_take(now).await {
                 Take::Granted(slot) => {
                     let permit = self.permit(slot);
-                    let waiter = self.lock().queue.pop_front();
+                    let waiter = self.lock().queue.pop();
                     match waiter {
                         // A waiter that gave up returns the permit, which is released on drop.
                         Some(waiter) => drop(waiter.grant.send(permit)),
@@ -422,13 +424,16 @@ impl Budget {
         }
     }
 
-    /// Waits for a slot until `deadline` or the queue-wait bound, whichever is first.
-    /// `on_queued` is told, once, when the lookup has to wait and for about how long.
+    /// Waits for a slot until `deadline` or the queue-wait bound, whichever is first, in the
+    /// caller's queue. `on_queued` is told, once, when the lookup has to wait and for about how
+    /// long.
     pub async fn acquire(
         self: &Arc<Self>,
         deadline: Instant,
+        caller: Option<CallerName>,
         on_queued: impl FnOnce(Refusal),
     ) -> Result<Permit, Refusal> {
+        let key: QueueKey = caller.unwrap_or_else(|| Arc::from(""));
         let now = self.clock.now();
         if self.lock().queue.is_empty() {
             if let Take::Granted(slot) = self.try_take(now).await {
@@ -438,16 +443,23 @@ impl Budget {
         }
         let (id, grant) = {
             let mut shared = self.lock();
-            let position = shared.queue.len();
-            if position >= self.config.max_queue {
-                let retry_after_secs = self.retry_after_secs(&mut shared, now, position);
-                drop(shared);
-                return Err(self.refuse(BudgetRejection::QueueFull, retry_after_secs));
+            let mut pushed_out = None;
+            if shared.queue.len() >= self.config.max_queue {
+                pushed_out = shared.queue.make_room_for(&key);
+                if pushed_out.is_none() {
+                    let position = shared.queue.len();
+                    let retry_after_secs = self.retry_after_secs(&mut shared, now, position);
+                    drop(shared);
+                    return Err(self.refuse(BudgetRejection::QueueFull, retry_after_secs));
+                }
             }
+            // Its sender dropped, the pushed-out waiter hears "queue full" (outside the lock).
+            drop(pushed_out);
+            let position = shared.queue.len();
             let (tx, rx) = oneshot::channel();
             let id = shared.next_waiter_id;
             shared.next_waiter_id += 1;
-            shared.queue.push_back(Waiter { id, grant: tx });
+            shared.queue.push(key, id, Waiter { grant: tx });
             self.metrics
                 .budget_queue_depth
                 .set(shared.queue.len() as i64);
@@ -463,15 +475,26 @@ impl Budget {
         let mut grant = grant;
         let outcome = tokio::time::timeout_at(give_up_at, &mut grant).await;
         let waited = self.clock.now().saturating_duration_since(now);
-        if let Ok(Ok(permit)) = outcome {
-            self.metrics.budget_wait.observe(waited.as_secs_f64());
-            return Ok(permit);
+        match outcome {
+            Ok(Ok(permit)) => {
+                self.metrics.budget_wait.observe(waited.as_secs_f64());
+                return Ok(permit);
+            }
+            Ok(Err(_)) => {
+                // Pushed out of a full queue by a caller with fewer waiting.
+                let now = self.clock.now();
+                let mut shared = self.lock();
+                let queued = shared.queue.len();
+                let retry_after_secs = self.retry_after_secs(&mut shared, now, queued);
+                drop(shared);
+                return Err(self.refuse(BudgetRejection::QueueFull, retry_after_secs));
+            }
+            Err(_) => {}
         }
         let now = self.clock.now();
         let mut shared = self.lock();
-        match shared.queue.iter().position(|w| w.id == id) {
-            Some(position) => {
-                shared.queue.remove(position);
+        match shared.queue.remove(id) {
+            true => {
                 let queued = shared.queue.len();
                 self.metrics.budget_queue_depth.set(queued as i64);
                 // What a newcomer retrying now would face: everyone still queued is ahead of
@@ -480,7 +503,7 @@ impl Budget {
                 drop(shared);
                 Err(self.refuse(BudgetRejection::WaitTimeout, retry_after_secs))
             }
-            None => {
+            false => {
                 // Granted just as the wait ended: the permit is in the channel.
                 drop(shared);
                 match grant.try_recv() {

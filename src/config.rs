@@ -190,6 +190,24 @@ pub struct Config {
     #[arg(long, env = "TASKGATE_EXPECTED_REPLICAS", default_value = "3", value_parser = parse_rate_limit)]
     pub expected_replicas: u32,
 
+    /// Credentials file in the Tencent profile format ([default] secret_id, secret_key, optional
+    /// token and expires_at), re-read when it changes. Takes precedence over TENCENTCLOUD_*.
+    #[arg(long, env = "TASKGATE_CREDENTIALS_FILE")]
+    pub credentials_file: Option<PathBuf>,
+
+    /// Callers allowed to look up tasks, one `<caller-name> <token>` per line; re-read when it
+    /// changes. Without it, /tasks is open to anyone who can reach taskgate.
+    #[arg(long, env = "TASKGATE_CALLER_TOKENS_FILE")]
+    pub caller_tokens_file: Option<PathBuf>,
+
+    /// Open client connections at most (all workers together); more wait in the backlog.
+    #[arg(long, env = "TASKGATE_MAX_CONNECTIONS", default_value = "25000", value_parser = parse_count)]
+    pub max_connections: usize,
+
+    /// Time a client has to send its request head after connecting (slow clients are cut).
+    #[arg(long, env = "TASKGATE_CLIENT_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
+    pub client_timeout: Duration,
+
     /// Run against the embedded simulated SSM upstream with throwaway credentials.
     #[arg(long, env = "TASKGATE_DEMO")]
     pub demo: bool,
@@ -234,7 +252,7 @@ impl From<CredentialsError> for ConfigError {
         };
         Self {
             setting: setting.to_string(),
-            message: format!("{e} (set it, or run with --demo)"),
+            message: format!("{e} (set it, use TASKGATE_CREDENTIALS_FILE, or run with --demo)"),
         }
     }
 }
@@ -357,16 +375,29 @@ impl Config {
         Ok(endpoint)
     }
 
-    /// The credentials to sign with; demo mode makes throwaway ones.
-    pub fn credentials(&self) -> Result<Credentials, ConfigError> {
+    /// The credentials to sign with (and the file's contents when they come from one); demo mode
+    /// makes throwaway ones.
+    pub fn credentials(&self) -> Result<(Credentials, Option<String>), ConfigError> {
         if self.demo {
-            return Ok(Credentials::generate_demo());
+            return Ok((Credentials::generate_demo(), None));
         }
-        Ok(Credentials::from_parts(
+        if let Some(path) = &self.credentials_file {
+            let setting = |message: String| ConfigError {
+                setting: "TASKGATE_CREDENTIALS_FILE".into(),
+                message,
+            };
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| setting(format!("cannot read {}: {e}", path.display())))?;
+            let credentials = crate::credentials_file::parse(&text)
+                .map_err(|e| setting(format!("{}: {e}", path.display())))?;
+            return Ok((credentials, Some(text)));
+        }
+        let credentials = Credentials::from_parts(
             self.secret_id.as_ref().map(SecretId::expose),
             self.secret_key.as_ref().map(SecretKey::expose),
             self.security_token.as_ref().map(SecurityToken::expose),
-        )?)
+        )?;
+        Ok((credentials, None))
     }
 }
 

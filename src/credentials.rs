@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
 /// The public half of an API key (`AKID…`). Not a secret as such, but printed only as a prefix, so
 /// logs can tell keys apart without reproducing them.
@@ -83,6 +84,8 @@ pub struct Credentials {
     pub secret_id: SecretId,
     pub secret_key: SecretKey,
     pub token: Option<SecurityToken>,
+    /// When temporary credentials stop working; none for long-term keys.
+    pub expires_at: Option<SystemTime>,
 }
 
 /// Why a set of credentials cannot be used, in words that name the setting but not the value.
@@ -145,6 +148,7 @@ impl Credentials {
             secret_id: SecretId::new(secret_id),
             secret_key: SecretKey::new(secret_key),
             token: token.map(SecurityToken::new),
+            expires_at: None,
         })
     }
 
@@ -158,6 +162,7 @@ impl Credentials {
             secret_id: SecretId::new(format!("AKIDDEMO{}", alnum(&mut rng, 28))),
             secret_key: SecretKey::new(format!("DEMO{}", alnum(&mut rng, 28))),
             token: None,
+            expires_at: None,
         }
     }
 }
@@ -179,6 +184,17 @@ impl CredentialStore {
     pub fn current(&self) -> Arc<Credentials> {
         // A poisoned lock still holds a whole generation (the swap is a single assignment).
         Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Seconds until the current credentials expire (negative once expired); None for
+    /// long-term keys.
+    pub fn seconds_to_expiry(&self, now: SystemTime) -> Option<f64> {
+        self.current()
+            .expires_at
+            .map(|at| match at.duration_since(now) {
+                Ok(left) => left.as_secs_f64(),
+                Err(past) => -past.duration().as_secs_f64(),
+            })
     }
 
     pub fn replace(&self, credentials: Credentials) {

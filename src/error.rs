@@ -13,6 +13,8 @@ use crate::task::FlowIdError;
 use crate::upstream::{ErrorFamily, UpstreamError};
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
+/// Longest request target (path and query) taskgate reads.
+pub const MAX_URI_LENGTH: usize = 2048;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
@@ -22,6 +24,10 @@ pub enum ApiError {
     InvalidRequest(String),
     /// No such route.
     RouteNotFound,
+    /// Caller authentication is on and the request has no valid bearer token.
+    Unauthorized { token_presented: bool },
+    /// The request target is longer than taskgate accepts.
+    UriTooLong,
     /// The route exists but not for this method.
     MethodNotAllowed { allow: &'static str },
     /// The upstream failed or refused; carries what it said.
@@ -86,6 +92,23 @@ impl ApiError {
                 "invalid-request",
                 "Invalid request",
                 detail.clone(),
+            ),
+            Self::Unauthorized { token_presented } => part(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Unauthorized",
+                if *token_presented {
+                    "the bearer token is not valid for taskgate".into()
+                } else {
+                    "send `Authorization: Bearer <token>` with the token issued to your service"
+                        .into()
+                },
+            ),
+            Self::UriTooLong => part(
+                StatusCode::URI_TOO_LONG,
+                "uri-too-long",
+                "URI too long",
+                format!("request targets are limited to {MAX_URI_LENGTH} bytes"),
             ),
             Self::RouteNotFound => part(
                 StatusCode::NOT_FOUND,
@@ -299,6 +322,16 @@ impl ResponseError for ApiError {
         response.insert_header((header::CACHE_CONTROL, "no-store"));
         if let Some(secs) = self.retry_after_secs() {
             response.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        if let Self::Unauthorized { token_presented } = self {
+            response.insert_header((
+                header::WWW_AUTHENTICATE,
+                if *token_presented {
+                    r#"Bearer realm="taskgate", error="invalid_token""#
+                } else {
+                    r#"Bearer realm="taskgate""#
+                },
+            ));
         }
         if let Self::MethodNotAllowed { allow } = self {
             response.insert_header((header::ALLOW, *allow));

@@ -5,13 +5,15 @@
 //!
 //! - `config`: settings from flags and environment, parsed and validated once
 //! - `credentials`: redacting secret types and the swappable credential store
+//! - `credentials_file`: the Tencent profile file, re-read on change (`reload`)
+//! - `callers`: caller authentication by bearer token, names for metrics and fair queueing
 //! - `signing`: TC3-HMAC-SHA256 as pure functions
 //! - `task`: flow ids, task status, the task body
 //! - `upstream`: the signed awc call and the strict reading of its answer
 //! - `lookup`: the pipeline between handler and upstream: cache, coalesce, budget, upstream
 //! - `cache`: rendered answers kept by task status (moka)
 //! - `coalesce`: one upstream fetch per flow id, shared by concurrent lookups
-//! - `budget`: the sliding-window rate limiter with its FIFO queue
+//! - `budget`: the sliding-window rate limiter with its waiting room (`fair_queue`)
 //! - `resilience`: the retry budget and the circuit breaker
 //! - `error`: `ApiError` and its one mapping to problem+json
 //! - `metrics`: the Prometheus registry and typed handles
@@ -24,16 +26,20 @@
 
 pub mod budget;
 pub mod cache;
+pub mod callers;
 pub mod clock;
 pub mod coalesce;
 pub mod config;
 pub mod credentials;
+pub mod credentials_file;
 pub mod demo;
 pub mod error;
+pub mod fair_queue;
 pub mod logging;
 pub mod lookup;
 pub mod metrics;
 pub mod observe;
+pub mod reload;
 pub mod resilience;
 pub mod routes;
 pub mod shared;

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use crate::budget::Budget;
 use crate::cache::{Answer, AnswerCache, CacheLookup};
+use crate::callers::CallerName;
 use crate::clock::Clock;
 use crate::coalesce::{wait_for, Fetched, InFlight, Leader, Origin, Role};
 use crate::credentials::CredentialStore;
@@ -33,6 +34,17 @@ const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
 /// Retries of one lookup after transient failures (three attempts in all), as SDKs default to.
 const MAX_TRANSIENT_RETRIES: u32 = 2;
+
+/// Who asks and until when.
+#[derive(Debug, Clone)]
+pub struct LookupContext {
+    /// The caller's deadline (for a fetch: the fetch's own).
+    pub deadline: Instant,
+    /// The request id, sent upstream as `X-TC-TraceId`.
+    pub trace_id: Option<String>,
+    /// The authenticated caller, whose queue the fetch waits in for budget.
+    pub caller: Option<CallerName>,
+}
 
 /// What a lookup produced and how.
 pub struct Lookup {
@@ -101,8 +113,7 @@ impl LookupService {
         &self,
         client: &UpstreamClient,
         flow_id: FlowId,
-        deadline: Instant,
-        trace_id: Option<&str>,
+        context: &LookupContext,
     ) -> Result<Lookup, ApiError> {
         let inner = &self.inner;
         let now = inner.clock.now();
@@ -117,9 +128,7 @@ impl LookupService {
             CacheLookup::Stale(answer) => Some(answer),
             CacheLookup::Miss => None,
         };
-        let result = self
-            .fetch_or_join(client, flow_id, now, deadline, trace_id)
-            .await;
+        let result = self.fetch_or_join(client, flow_id, now, context).await;
         match (result, stale) {
             // The refresh failed on the upstream's side: the last known status beats an error.
             (Err(error), Some(stale))
@@ -143,21 +152,22 @@ impl LookupService {
         client: &UpstreamClient,
         flow_id: FlowId,
         now: Instant,
-        deadline: Instant,
-        trace_id: Option<&str>,
+        context: &LookupContext,
     ) -> Result<Lookup, ApiError> {
+        let deadline = context.deadline;
         let inner = &self.inner;
         match inner.in_flight.join(flow_id) {
             Role::Leader(leader, receiver) => {
-                let fetch_deadline = now + inner.fetch_timeout;
+                // The fetch has its own deadline, the longest any caller may have.
+                let fetch_context = LookupContext {
+                    deadline: now + inner.fetch_timeout,
+                    ..context.clone()
+                };
                 let service = self.clone();
                 let client = client.clone();
-                let trace_id = trace_id.map(str::to_owned);
                 // Detached: the fetch finishes for the followers even if this caller leaves.
                 actix_rt::spawn(async move {
-                    service
-                        .fetch(leader, &client, flow_id, fetch_deadline, trace_id)
-                        .await;
+                    service.fetch(leader, &client, flow_id, fetch_context).await;
                 });
                 let result = wait_for(receiver, deadline).await;
                 let served = match &result {
@@ -201,12 +211,12 @@ impl LookupService {
         leader: Leader,
         client: &UpstreamClient,
         flow_id: FlowId,
-        deadline: Instant,
-        trace_id: Option<String>,
+        context: LookupContext,
     ) {
+        let deadline = context.deadline;
         let inner = &self.inner;
         inner.metrics.inflight_fetches.inc();
-        let work = self.fetch_anywhere(&leader, client, flow_id, deadline, trace_id.as_deref());
+        let work = self.fetch_anywhere(&leader, client, flow_id, &context);
         let result = match tokio::time::timeout_at(deadline, work).await {
             Ok(result) => result,
             Err(_) => Err(ApiError::DeadlineExceeded),
@@ -226,16 +236,16 @@ impl LookupService {
         leader: &Leader,
         client: &UpstreamClient,
         flow_id: FlowId,
-        deadline: Instant,
-        trace_id: Option<&str>,
+        context: &LookupContext,
     ) -> Result<Fetched, ApiError> {
+        let deadline = context.deadline;
         let upstream = |answer: Answer| Fetched {
             answer: Arc::new(answer),
             origin: Origin::Upstream,
         };
         let Some(flight) = self.inner.flight.as_ref().filter(|f| f.redis().is_usable()) else {
             return self
-                .attempts(leader, client, flow_id, deadline, trace_id)
+                .attempts(leader, client, flow_id, context)
                 .await
                 .map(upstream);
         };
@@ -251,7 +261,7 @@ impl LookupService {
             // Redis is unavailable: this replica fetches on its own, within its local share.
             Err(_) => {
                 return self
-                    .attempts(leader, client, flow_id, deadline, trace_id)
+                    .attempts(leader, client, flow_id, context)
                     .await
                     .map(upstream)
             }
@@ -263,7 +273,7 @@ impl LookupService {
                 Err(_) => {
                     flight.unregister(flow_id);
                     return self
-                        .attempts(leader, client, flow_id, deadline, trace_id)
+                        .attempts(leader, client, flow_id, context)
                         .await
                         .map(upstream);
                 }
@@ -271,9 +281,7 @@ impl LookupService {
                     drop(outcome);
                     flight.unregister(flow_id);
                     return self
-                        .fetch_as_lease_holder(
-                            flight, &token, leader, client, flow_id, deadline, trace_id,
-                        )
+                        .fetch_as_lease_holder(flight, &token, leader, client, flow_id, context)
                         .await
                         .map(|answer| Fetched {
                             answer,
@@ -315,8 +323,7 @@ impl LookupService {
         leader: &Leader,
         client: &UpstreamClient,
         flow_id: FlowId,
-        deadline: Instant,
-        trace_id: Option<&str>,
+        context: &LookupContext,
     ) -> Result<Arc<Answer>, ApiError> {
         let keepalive = {
             let flight = Arc::clone(flight);
@@ -330,7 +337,7 @@ impl LookupService {
             })
         };
         let result = self
-            .attempts(leader, client, flow_id, deadline, trace_id)
+            .attempts(leader, client, flow_id, context)
             .await
             .map(Arc::new);
         keepalive.abort();
@@ -350,9 +357,9 @@ impl LookupService {
         leader: &Leader,
         client: &UpstreamClient,
         flow_id: FlowId,
-        deadline: Instant,
-        trace_id: Option<&str>,
+        context: &LookupContext,
     ) -> Result<Answer, ApiError> {
+        let deadline = context.deadline;
         let inner = &self.inner;
         let mut retry: u32 = 0;
         let mut transient_retries: u32 = 0;
@@ -371,7 +378,7 @@ impl LookupService {
             }
             let permit = inner
                 .budget
-                .acquire(deadline, |queued| {
+                .acquire(deadline, context.caller.clone(), |queued| {
                     leader.setback(ApiError::BudgetExhausted {
                         retry_after_secs: queued.retry_after_secs,
                     })
@@ -384,7 +391,9 @@ impl LookupService {
                 inner.metrics.upstream_retries.inc();
             }
             inner.resilience.record_call(inner.clock.now());
-            let result = self.call_upstream(client, flow_id, trace_id).await;
+            let result = self
+                .call_upstream(client, flow_id, context.trace_id.as_deref())
+                .await;
             // The slot starts cooling when the answer is in, which is what keeps Tencent's window.
             drop(permit);
             let now = inner.clock.now();

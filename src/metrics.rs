@@ -259,6 +259,11 @@ impl BreakerState {
     }
 }
 
+/// The `caller` label of requests without caller authentication configured.
+pub const ANONYMOUS_CALLER: &str = "anonymous";
+/// The `caller` label of requests refused for a missing or unknown token.
+pub const REJECTED_CALLER: &str = "rejected";
+
 /// Status codes taskgate answers with, pre-initialised so rates never start from a gap.
 const STATUSES: [&str; 10] = [
     "200", "304", "400", "401", "404", "405", "500", "502", "503", "504",
@@ -290,6 +295,11 @@ pub struct Metrics {
     pub redis_errors: IntCounter,
     pub breaker_state: IntGaugeVec,
     pub retries_denied: IntCounter,
+    pub file_reloads: IntCounterVec,
+    pub credentials_expiry: Gauge,
+    pub caller_requests: IntCounterVec,
+    pub signature_expired: IntCounter,
+    pub clock_skew: Gauge,
     pub cache_lookups_stale: IntCounter,
 }
 
@@ -413,6 +423,37 @@ impl Metrics {
                 &["state"],
             )
             .unwrap(),
+            file_reloads: IntCounterVec::new(
+                Opts::new(
+                    "taskgate_file_reloads_total",
+                    "Re-reads of watched files after a change, by file (credentials, caller_tokens) and result (ok, error: the old contents stay in force).",
+                ),
+                &["file", "result"],
+            )
+            .unwrap(),
+            credentials_expiry: Gauge::new(
+                "taskgate_credentials_expiry_seconds",
+                "Seconds until the temporary credentials in use expire (negative once expired; +Inf for long-term keys).",
+            )
+            .unwrap(),
+            caller_requests: IntCounterVec::new(
+                Opts::new(
+                    "taskgate_caller_requests_total",
+                    "Task requests by authenticated caller (names from TASKGATE_CALLER_TOKENS_FILE; anonymous without it; rejected for missing or bad tokens).",
+                ),
+                &["caller"],
+            )
+            .unwrap(),
+            signature_expired: IntCounter::new(
+                "taskgate_signature_expired_total",
+                "Upstream AuthFailure.SignatureExpire answers: this host's clock is off.",
+            )
+            .unwrap(),
+            clock_skew: Gauge::new(
+                "taskgate_clock_skew_seconds",
+                "Local clock minus the upstream's Date header, measured at the last SignatureExpire (0 until then).",
+            )
+            .unwrap(),
             retries_denied: IntCounter::new(
                 "taskgate_upstream_retries_denied_total",
                 "Retries of transient upstream failures not made because the retry budget was spent.",
@@ -453,6 +494,13 @@ impl Metrics {
         r.register(Box::new(self.redis_errors.clone())).unwrap();
         r.register(Box::new(self.breaker_state.clone())).unwrap();
         r.register(Box::new(self.retries_denied.clone())).unwrap();
+        r.register(Box::new(self.file_reloads.clone())).unwrap();
+        r.register(Box::new(self.credentials_expiry.clone()))
+            .unwrap();
+        r.register(Box::new(self.caller_requests.clone())).unwrap();
+        r.register(Box::new(self.signature_expired.clone()))
+            .unwrap();
+        r.register(Box::new(self.clock_skew.clone())).unwrap();
         #[cfg(target_os = "linux")]
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -501,6 +549,15 @@ impl Metrics {
         self.budget_limit.set(i64::from(rate_limit));
         self.set_shared_mode(SharedMode::Off);
         self.set_breaker_state(BreakerState::Closed);
+        for file in ["credentials", "caller_tokens"] {
+            for result in ["ok", "error"] {
+                self.file_reloads.with_label_values(&[file, result]);
+            }
+        }
+        self.credentials_expiry.set(f64::INFINITY);
+        for caller in [ANONYMOUS_CALLER, REJECTED_CALLER] {
+            self.caller_requests.with_label_values(&[caller]);
+        }
         self.budget_effective_rate.set(f64::from(rate_limit));
     }
 

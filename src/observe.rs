@@ -6,12 +6,14 @@
 
 use std::time::Instant;
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
+use actix_web::ResponseError;
 use actix_web::{web, HttpMessage};
 
+use crate::error::{ApiError, MAX_URI_LENGTH};
 use crate::metrics::Route;
 use crate::state::AppState;
 
@@ -20,6 +22,10 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// This request's id, in the request's extensions.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
+
+/// The caller a request was made by (or `anonymous` / `rejected`), for logs and metrics.
+#[derive(Debug, Clone)]
+pub struct CallerLabel(pub std::sync::Arc<str>);
 
 /// The upstream `RequestId` behind a response, in the response's extensions (for the access log).
 #[derive(Debug, Clone)]
@@ -40,8 +46,14 @@ pub fn generate_request_id() -> String {
 pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let started = Instant::now();
+    // An overlong target is refused before anything reads it.
+    let target_length = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_length > MAX_URI_LENGTH {
+        let response = ApiError::UriTooLong.error_response();
+        return Ok(req.into_response(response).map_into_right_body());
+    }
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let route = Route::of_path(req.path());
     let request_id = req
@@ -53,7 +65,7 @@ pub async fn observe(
     req.extensions_mut().insert(RequestId(request_id.clone()));
     let method = req.method().clone();
 
-    let mut response = next.call(req).await?;
+    let mut response = next.call(req).await?.map_into_left_body();
 
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
@@ -66,6 +78,13 @@ pub async fn observe(
         state
             .metrics
             .record_http(route, status, elapsed.as_secs_f64());
+        if let Some(caller) = response.request().extensions().get::<CallerLabel>() {
+            state
+                .metrics
+                .caller_requests
+                .with_label_values(&[&caller.0])
+                .inc();
+        }
         if state.access_log {
             let served = response
                 .headers()
@@ -77,6 +96,11 @@ pub async fn observe(
                 .extensions()
                 .get::<UpstreamRequestId>()
                 .map(|id| id.0.clone());
+            let caller = response
+                .request()
+                .extensions()
+                .get::<CallerLabel>()
+                .map(|c| c.0.clone());
             log::info!(
                 target: "taskgate::access",
                 method = method.as_str(),
@@ -85,6 +109,7 @@ pub async fn observe(
                 duration_ms = elapsed.as_secs_f64() * 1_000.0,
                 served = served,
                 upstream_request_id = upstream_request_id.as_deref().unwrap_or("-"),
+                caller = caller.as_deref().unwrap_or("-"),
                 request_id = request_id.as_str();
                 "{} {} {}",
                 method,

@@ -1,5 +1,6 @@
 //! Thin HTTP handlers: parse, call the lookup, render. No business logic lives here.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::{header, StatusCode};
@@ -7,10 +8,11 @@ use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use tokio::time::Instant;
 
 use crate::cache::AnswerKind;
+use crate::callers::{bearer_token, CallerName};
 use crate::error::ApiError;
-use crate::lookup::{Lookup, LookupService};
-use crate::metrics::Served;
-use crate::observe::{RequestId, UpstreamRequestId};
+use crate::lookup::{Lookup, LookupContext, LookupService};
+use crate::metrics::{Served, ANONYMOUS_CALLER, REJECTED_CALLER};
+use crate::observe::{CallerLabel, RequestId, UpstreamRequestId};
 use crate::state::AppState;
 use crate::task::FlowId;
 use crate::upstream::UpstreamClient;
@@ -101,14 +103,47 @@ async fn get_task(
     lookup: web::Data<LookupService>,
     client: web::Data<UpstreamClient>,
 ) -> Result<HttpResponse, ApiError> {
+    // Who asks comes first: an unauthenticated caller learns nothing, not even about its input.
+    let caller = authenticate(&req, &state)?;
     let raw = req.match_info().get("flow_id").unwrap_or_default();
     let flow_id = FlowId::parse(raw).map_err(ApiError::InvalidFlowId)?;
     let timeout = caller_timeout(&req, state.request_timeout)?;
-    let deadline = lookup.clock().now() + timeout;
     let request_id = req.extensions().get::<RequestId>().cloned();
-    let trace_id = request_id.as_ref().map(|id| id.0.as_str());
-    let found = lookup.lookup(&client, flow_id, deadline, trace_id).await?;
+    let context = LookupContext {
+        deadline: lookup.clock().now() + timeout,
+        trace_id: request_id.map(|id| id.0),
+        caller,
+    };
+    let found = lookup.lookup(&client, flow_id, &context).await?;
     Ok(render(&state, &found, lookup.clock().now()))
+}
+
+/// The caller named by the bearer token, when caller authentication is on. Records the name
+/// (never the token) for the access log and the metrics.
+fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Option<CallerName>, ApiError> {
+    let Some(registry) = &state.callers else {
+        req.extensions_mut()
+            .insert(CallerLabel(Arc::from(ANONYMOUS_CALLER)));
+        return Ok(None);
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token);
+    match presented.and_then(|token| registry.current().identify(token)) {
+        Some(name) => {
+            req.extensions_mut().insert(CallerLabel(Arc::clone(&name)));
+            Ok(Some(name))
+        }
+        None => {
+            req.extensions_mut()
+                .insert(CallerLabel(Arc::from(REJECTED_CALLER)));
+            Err(ApiError::Unauthorized {
+                token_presented: presented.is_some(),
+            })
+        }
+    }
 }
 
 /// Whole seconds, rounded up: a processing answer with 0.4 s left is worth a `max-age=1`.

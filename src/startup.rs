@@ -16,11 +16,13 @@ use actix_web::{web, App, HttpServer};
 
 use crate::budget::{Budget, BudgetConfig};
 use crate::cache::{AnswerCache, CachePolicy};
+use crate::callers::{CallerRegistry, CallerTokens};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError};
 use crate::credentials::CredentialStore;
 use crate::demo::DemoUpstream;
 use crate::lookup::{LookupParts, LookupService};
+use crate::metrics::Metrics;
 use crate::observe;
 use crate::resilience::{BreakerConfig, Resilience, RetryBudgetConfig};
 use crate::routes;
@@ -65,7 +67,21 @@ impl Application {
     /// Builds the whole service from a parsed configuration. Must run inside an actix system.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let configured_endpoint = config.validate()?;
-        let credentials = config.credentials()?;
+        let (credentials, credentials_text) = config.credentials()?;
+        let callers = match &config.caller_tokens_file {
+            Some(path) => {
+                let setting = |message: String| ConfigError {
+                    setting: "TASKGATE_CALLER_TOKENS_FILE".into(),
+                    message,
+                };
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| setting(format!("cannot read {}: {e}", path.display())))?;
+                let tokens = CallerTokens::parse(&text)
+                    .map_err(|e| setting(format!("{}: {e}", path.display())))?;
+                Some((Arc::new(CallerRegistry::new(tokens)), text))
+            }
+            None => None,
+        };
 
         let demo = if config.demo {
             let demo = DemoUpstream::start(credentials.clone())
@@ -101,6 +117,28 @@ impl Application {
         let metrics = Arc::new(crate::metrics::Metrics::new(config.rate_limit));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let credentials = Arc::new(CredentialStore::new(credentials));
+        if let (Some(path), Some(text)) = (&config.credentials_file, &credentials_text) {
+            watch_credentials(
+                path.clone(),
+                text,
+                Arc::clone(&credentials),
+                Arc::clone(&metrics),
+            );
+        }
+        let callers = callers.map(|(registry, text)| {
+            if let Some(path) = &config.caller_tokens_file {
+                watch_callers(
+                    path.clone(),
+                    &text,
+                    Arc::clone(&registry),
+                    Arc::clone(&metrics),
+                );
+            }
+            for name in registry.current().names() {
+                metrics.caller_requests.with_label_values(&[name]);
+            }
+            registry
+        });
         let cache = AnswerCache::new(
             config.cache_capacity as u64,
             CachePolicy {
@@ -175,13 +213,15 @@ impl Application {
             budget,
             resilience,
             flight,
-            credentials,
+            credentials: Arc::clone(&credentials),
             metrics: Arc::clone(&metrics),
             clock: Arc::clone(&clock),
             fetch_timeout: config.request_timeout,
         }));
         let state = web::Data::new(AppState::new(
             Arc::clone(&metrics),
+            credentials,
+            callers,
             cache,
             config.request_timeout,
             config.access_log,
@@ -212,6 +252,8 @@ impl Application {
         // Signals are handled by `run_until_stopped`, which drains before stopping.
         .disable_signals()
         .shutdown_timeout(config.shutdown_timeout.as_secs().max(1))
+        .max_connections((config.max_connections / workers).max(1))
+        .client_request_timeout(config.client_timeout)
         .listen(listener)
         .map_err(|e| StartupError::Io("listening on TASKGATE_LISTEN", e))?
         .run();
@@ -275,4 +317,72 @@ impl Application {
         }
         result
     }
+}
+
+/// Re-reads the credentials file when it changes; a broken file keeps the credentials in force.
+fn watch_credentials(
+    path: std::path::PathBuf,
+    text: &str,
+    store: Arc<CredentialStore>,
+    metrics: Arc<Metrics>,
+) {
+    let shown = path.display().to_string();
+    crate::reload::watch(path, text, move |contents| {
+        match crate::credentials_file::parse(&contents) {
+            Ok(credentials) => {
+                log::info!(
+                    "credentials reloaded from {shown} (secret id {})",
+                    credentials.secret_id
+                );
+                store.replace(credentials);
+                metrics
+                    .file_reloads
+                    .with_label_values(&["credentials", "ok"])
+                    .inc();
+            }
+            Err(error) => {
+                log::error!("{shown} changed but cannot be used ({error}); keeping the credentials in force");
+                metrics
+                    .file_reloads
+                    .with_label_values(&["credentials", "error"])
+                    .inc();
+            }
+        }
+        true
+    });
+}
+
+/// Re-reads the caller tokens file when it changes; a broken file keeps the tokens in force.
+fn watch_callers(
+    path: std::path::PathBuf,
+    text: &str,
+    registry: Arc<CallerRegistry>,
+    metrics: Arc<Metrics>,
+) {
+    let shown = path.display().to_string();
+    crate::reload::watch(path, text, move |contents| {
+        match CallerTokens::parse(&contents) {
+            Ok(tokens) => {
+                for name in tokens.names() {
+                    metrics.caller_requests.with_label_values(&[name]);
+                }
+                log::info!("caller tokens reloaded from {shown}");
+                registry.replace(tokens);
+                metrics
+                    .file_reloads
+                    .with_label_values(&["caller_tokens", "ok"])
+                    .inc();
+            }
+            Err(error) => {
+                log::error!(
+                    "{shown} changed but cannot be used ({error}); keeping the tokens in force"
+                );
+                metrics
+                    .file_reloads
+                    .with_label_values(&["caller_tokens", "error"])
+                    .inc();
+            }
+        }
+        true
+    });
 }

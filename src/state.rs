@@ -2,13 +2,18 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::cache::AnswerCache;
+use crate::callers::CallerRegistry;
+use crate::credentials::CredentialStore;
 use crate::metrics::Metrics;
 
 pub struct AppState {
     pub metrics: Arc<Metrics>,
+    pub credentials: Arc<CredentialStore>,
+    /// Caller authentication, when `TASKGATE_CALLER_TOKENS_FILE` is set.
+    pub callers: Option<Arc<CallerRegistry>>,
     pub cache: AnswerCache,
     pub request_timeout: Duration,
     /// `Cache-Control` of final answers, rendered once.
@@ -21,6 +26,8 @@ pub struct AppState {
 impl AppState {
     pub fn new(
         metrics: Arc<Metrics>,
+        credentials: Arc<CredentialStore>,
+        callers: Option<Arc<CallerRegistry>>,
         cache: AnswerCache,
         request_timeout: Duration,
         access_log: bool,
@@ -32,6 +39,8 @@ impl AppState {
         );
         Self {
             metrics,
+            credentials,
+            callers,
             cache,
             request_timeout,
             final_cache_control,
@@ -42,6 +51,12 @@ impl AppState {
 
     /// Brings the gauges that are read rather than counted up to date (before a scrape).
     pub async fn refresh_gauges(&self) {
+        self.metrics.credentials_expiry.set(
+            self.credentials
+                .seconds_to_expiry(SystemTime::now())
+                .unwrap_or(f64::INFINITY),
+        );
+        self.metrics.ready.set(i64::from(self.readiness().is_ok()));
         self.cache.run_pending_tasks().await;
         self.metrics
             .cache_entries
@@ -56,6 +71,13 @@ impl AppState {
     pub fn readiness(&self) -> Result<(), &'static str> {
         if self.draining.load(Ordering::Acquire) {
             return Err("draining: shutting down");
+        }
+        if self
+            .credentials
+            .seconds_to_expiry(SystemTime::now())
+            .is_some_and(|left| left <= 0.0)
+        {
+            return Err("credentials expired: rotate TASKGATE_CREDENTIALS_FILE");
         }
         Ok(())
     }
