@@ -15,6 +15,10 @@ use crate::upstream::{ErrorFamily, UpstreamError};
 pub const PROBLEM_JSON: &str = "application/problem+json";
 /// Longest request target (path and query) taskgate reads.
 pub const MAX_URI_LENGTH: usize = 2048;
+/// Most request headers taskgate reads (the HTTP layer refuses more than 96 on its own).
+pub const MAX_HEADER_COUNT: usize = 64;
+/// Most bytes of request header names and values taskgate reads.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
@@ -28,6 +32,8 @@ pub enum ApiError {
     Unauthorized { token_presented: bool },
     /// The request target is longer than taskgate accepts.
     UriTooLong,
+    /// The request's headers are larger or more numerous than taskgate accepts.
+    HeadersTooLarge,
     /// The route exists but not for this method.
     MethodNotAllowed { allow: &'static str },
     /// The upstream failed or refused; carries what it said.
@@ -109,6 +115,15 @@ impl ApiError {
                 "uri-too-long",
                 "URI too long",
                 format!("request targets are limited to {MAX_URI_LENGTH} bytes"),
+            ),
+            Self::HeadersTooLarge => part(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers-too-large",
+                "Request headers too large",
+                format!(
+                    "requests may carry at most {MAX_HEADER_COUNT} headers and \
+                     {MAX_HEADER_BYTES} bytes of them"
+                ),
             ),
             Self::RouteNotFound => part(
                 StatusCode::NOT_FOUND,
@@ -364,6 +379,7 @@ mod tests {
             code: code.into(),
             message: "msg".into(),
             request_id: Some("rid".into()),
+            server_date: None,
         }))
     }
 

@@ -469,8 +469,42 @@ impl LookupService {
         inner
             .metrics
             .record_upstream_call(&result, elapsed.as_secs_f64());
+        if let Err(UpstreamError::Api(answer)) = &result {
+            if answer.code == "AuthFailure.SignatureExpire" {
+                self.report_clock_problem(answer);
+                return result;
+            }
+        }
         log_upstream_failure(&result, elapsed);
         result
+    }
+
+    /// Tencent refuses signatures more than 5 minutes off its clock: ours is wrong. Says by how
+    /// much, from the answer's `Date` header, so the fix (NTP) is obvious.
+    fn report_clock_problem(&self, answer: &crate::upstream::answer::ApiErrorAnswer) {
+        let metrics = &self.inner.metrics;
+        metrics.signature_expired.inc();
+        let local = std::time::UNIX_EPOCH
+            + Duration::from_secs(self.inner.clock.unix_seconds().max(0) as u64);
+        match answer.server_date {
+            Some(server) => {
+                let skew = match local.duration_since(server) {
+                    Ok(ahead) => ahead.as_secs_f64(),
+                    Err(behind) => -behind.duration().as_secs_f64(),
+                };
+                metrics.clock_skew.set(skew);
+                log::error!(
+                    "clock problem: upstream answered AuthFailure.SignatureExpire; this host's clock \
+                     is {skew:+.0} s off the upstream's (request_id={}); fix time sync (NTP)",
+                    answer.request_id.as_deref().unwrap_or("-")
+                );
+            }
+            None => log::error!(
+                "clock problem: upstream answered AuthFailure.SignatureExpire (no Date header to \
+                 measure the skew; request_id={}); check this host's time sync (NTP)",
+                answer.request_id.as_deref().unwrap_or("-")
+            ),
+        }
     }
 }
 

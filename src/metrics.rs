@@ -634,6 +634,7 @@ mod tests {
                 code: "Flow.42.Secret".into(),
                 message: String::new(),
                 request_id: None,
+                server_date: None,
             },
         ));
         assert_eq!(code_label(&result), "other");

@@ -13,7 +13,7 @@ use actix_web::middleware::Next;
 use actix_web::ResponseError;
 use actix_web::{web, HttpMessage};
 
-use crate::error::{ApiError, MAX_URI_LENGTH};
+use crate::error::{ApiError, MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_URI_LENGTH};
 use crate::metrics::Route;
 use crate::state::AppState;
 
@@ -50,8 +50,20 @@ pub async fn observe(
     let started = Instant::now();
     // An overlong target is refused before anything reads it.
     let target_length = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
-    if target_length > MAX_URI_LENGTH {
-        let response = ApiError::UriTooLong.error_response();
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    let refusal = if target_length > MAX_URI_LENGTH {
+        Some(ApiError::UriTooLong)
+    } else if req.headers().len() > MAX_HEADER_COUNT || header_bytes > MAX_HEADER_BYTES {
+        Some(ApiError::HeadersTooLarge)
+    } else {
+        None
+    };
+    if let Some(refusal) = refusal {
+        let response = refusal.error_response();
         return Ok(req.into_response(response).map_into_right_body());
     }
     let state = req.app_data::<web::Data<AppState>>().cloned();

@@ -15,6 +15,8 @@ pub struct ApiErrorAnswer {
     pub code: String,
     pub message: String,
     pub request_id: Option<String>,
+    /// The answer's `Date` header, when it had one: how a clock problem is measured.
+    pub server_date: Option<std::time::SystemTime>,
 }
 
 /// How an upstream error code is treated, by its documented prefix.
@@ -154,6 +156,7 @@ pub fn parse_answer(flow_id: FlowId, status: u16, body: &[u8]) -> Result<Task, U
                     .unwrap_or_default()
                     .to_string(),
                 request_id,
+                server_date: None,
             })),
             _ => Err(malformed("Response.Error has no Code", request_id)),
         };

@@ -136,7 +136,19 @@ impl UpstreamClient {
                     reason: format!("reading the answer failed: {other}"),
                 },
             })?;
-        parse_answer(flow_id, status, &bytes)
+        let server_date = response
+            .headers()
+            .get(header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<header::HttpDate>().ok())
+            .map(std::time::SystemTime::from);
+        parse_answer(flow_id, status, &bytes).map_err(|error| match error {
+            UpstreamError::Api(mut answer) => {
+                answer.server_date = server_date;
+                UpstreamError::Api(answer)
+            }
+            other => other,
+        })
     }
 }
 

@@ -63,6 +63,10 @@ struct Shared {
     served: HashMap<i64, usize>,
     default: Option<Reply>,
     token: Option<String>,
+    /// Accepted (SecretId, SecretKey) pairs.
+    keys: Vec<(String, String)>,
+    /// Seconds the fake's clock is ahead of the real one (negative: behind).
+    clock_offset: i64,
 }
 
 /// A running fake; dropped with the test.
@@ -81,6 +85,7 @@ impl FakeUpstream {
     pub fn start_with_tls(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let shared = Arc::new(Mutex::new(Shared {
             default: Some(Reply::Task(1)),
+            keys: vec![(FAKE_SECRET_ID.to_string(), FAKE_SECRET_KEY.to_string())],
             ..Shared::default()
         }));
         let tls_enabled = tls.is_some();
@@ -132,6 +137,20 @@ impl FakeUpstream {
     /// The reply for every flow id without a script (default: succeeded).
     pub fn default_reply(&self, reply: Reply) {
         self.shared.lock().unwrap().default = Some(reply);
+    }
+
+    /// Also accepts this key (as Tencent does while both keys of a rotation are enabled).
+    pub fn accept_key(&self, secret_id: &str, secret_key: &str) {
+        self.shared
+            .lock()
+            .unwrap()
+            .keys
+            .push((secret_id.to_string(), secret_key.to_string()));
+    }
+
+    /// Runs the fake's clock `seconds` ahead of the real one (its Date header and expiry check).
+    pub fn set_clock_offset(&self, seconds: i64) {
+        self.shared.lock().unwrap().clock_offset = seconds;
     }
 
     /// Temporary credentials: requests must carry this `X-TC-Token`.
@@ -222,10 +241,13 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shared: Arc<Mut
         let flow_id = serde_json::from_slice::<serde_json::Value>(&request.body)
             .ok()
             .and_then(|v| v["FlowID"].as_i64());
-        let reply = {
+        let (reply, now) = {
             let mut shared = shared.lock().unwrap();
-            let signature_error = verify(&request, shared.token.as_deref()).err();
-            let reply = match (&signature_error, flow_id) {
+            let now = unix_now() + shared.clock_offset;
+            let signature_error = verify(&request, &shared, now).err();
+            let reply = match (signature_error.as_deref(), flow_id) {
+                (Some("signature expired"), _) => Reply::Error("AuthFailure.SignatureExpire"),
+                (Some("unknown secret id"), _) => Reply::Error("AuthFailure.SecretIdNotFound"),
                 (Some(_), _) => Reply::Error("AuthFailure.SignatureFailure"),
                 (None, None) => Reply::Error("InvalidParameter"),
                 (None, Some(id)) => {
@@ -246,9 +268,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shared: Arc<Mut
                 body: request.body.clone(),
                 signature_error: signature_error.clone(),
             });
-            reply
+            (reply, now)
         };
-        if !answer(&mut stream, reply).await {
+        if !answer(&mut stream, reply, now).await {
             return;
         }
     }
@@ -259,7 +281,10 @@ fn request_id() -> String {
 }
 
 /// Writes one answer; false when the connection must end.
-async fn answer<S: AsyncWrite + Unpin>(stream: &mut S, reply: Reply) -> bool {
+async fn answer<S: AsyncWrite + Unpin>(stream: &mut S, reply: Reply, now: i64) -> bool {
+    let date = actix_web::http::header::HttpDate::from(
+        std::time::UNIX_EPOCH + Duration::from_secs(now.max(0) as u64),
+    );
     let mut reply = reply;
     while let Reply::Delay(delay, next) = reply {
         tokio::time::sleep(delay).await;
@@ -303,7 +328,7 @@ async fn answer<S: AsyncWrite + Unpin>(stream: &mut S, reply: Reply) -> bool {
         Reply::Delay(..) | Reply::Sequence(_) => unreachable!("resolved above"),
     };
     let response = format!(
-        "HTTP/1.1 {status} Fake\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "HTTP/1.1 {status} Fake\r\nContent-Type: application/json\r\nDate: {date}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(response.as_bytes()).await.is_ok() && stream.flush().await.is_ok()
@@ -319,8 +344,16 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Checks a request the way Tencent's API gateway does.
-fn verify(request: &Request, token: Option<&str>) -> Result<(), String> {
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Checks a request the way Tencent's API gateway does, at the fake's `now`.
+fn verify(request: &Request, shared: &Shared, now: i64) -> Result<(), String> {
+    let token = shared.token.as_deref();
     let get = |name: &str| {
         request
             .headers
@@ -343,10 +376,6 @@ fn verify(request: &Request, token: Option<&str>) -> Result<(), String> {
     let timestamp: i64 = need("X-TC-Timestamp")?
         .parse()
         .map_err(|_| "bad timestamp")?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
     if (now - timestamp).abs() > 300 {
         return Err("signature expired".into());
     }
@@ -374,12 +403,19 @@ fn verify(request: &Request, token: Option<&str>) -> Result<(), String> {
         "TC3-HMAC-SHA256\n{timestamp}\n{scope}\n{}",
         hex(&Sha256::digest(canonical.as_bytes()))
     );
-    let k_date = hmac(format!("TC3{FAKE_SECRET_KEY}").as_bytes(), date.as_bytes());
+    let secret_id = authorization
+        .strip_prefix("TC3-HMAC-SHA256 Credential=")
+        .and_then(|rest| rest.split('/').next())
+        .ok_or("malformed authorization")?;
+    let Some((_, secret_key)) = shared.keys.iter().find(|(id, _)| id == secret_id) else {
+        return Err("unknown secret id".into());
+    };
+    let k_date = hmac(format!("TC3{secret_key}").as_bytes(), date.as_bytes());
     let k_service = hmac(&k_date, b"ssm");
     let k_signing = hmac(&k_service, b"tc3_request");
     let signature = hex(&hmac(&k_signing, to_sign.as_bytes()));
     let expected = format!(
-        "TC3-HMAC-SHA256 Credential={FAKE_SECRET_ID}/{scope}, SignedHeaders=content-type;host, Signature={signature}"
+        "TC3-HMAC-SHA256 Credential={secret_id}/{scope}, SignedHeaders=content-type;host, Signature={signature}"
     );
     if authorization != expected {
         return Err("signature mismatch".into());

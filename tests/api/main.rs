@@ -3,9 +3,12 @@
 
 mod budget;
 mod caching;
+mod callers;
+mod credentials;
 mod errors;
 mod fake_upstream;
 mod faults;
+mod hardening;
 mod helpers;
 mod lifecycle;
 mod ops;

@@ -1,0 +1,186 @@
+//! The credentials file: rotation under load, broken files, Kubernetes' symlink swap, expiry.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::join_all;
+
+use crate::fake_upstream::{FakeUpstream, FAKE_SECRET_ID, FAKE_SECRET_KEY};
+use crate::helpers::{spawn_app_with, TestApp};
+
+const NEW_ID: &str = "AKIDfakeROTATEDid000000000000000000";
+const NEW_KEY: &str = "fakeROTATEDsecretKEYdoNOTuse00000";
+
+fn profile(id: &str, key: &str, extra: &str) -> String {
+    format!("[default]\nsecret_id = {id}\nsecret_key = {key}\n{extra}")
+}
+
+/// A folder laid out as Kubernetes mounts a Secret: `credentials -> ..data/credentials`,
+/// `..data -> ..<timestamp>`; an update swaps `..data` atomically.
+struct SecretMount {
+    dir: PathBuf,
+    generation: u32,
+}
+
+impl SecretMount {
+    fn new(contents: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "taskgate-secret-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut mount = Self { dir, generation: 0 };
+        mount.update(contents);
+        std::os::unix::fs::symlink("..data/credentials", mount.file()).unwrap();
+        mount
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.join("credentials")
+    }
+
+    fn update(&mut self, contents: &str) {
+        self.generation += 1;
+        let generation = format!("..gen{}", self.generation);
+        std::fs::create_dir_all(self.dir.join(&generation)).unwrap();
+        std::fs::write(self.dir.join(&generation).join("credentials"), contents).unwrap();
+        let staged = self.dir.join("..data_tmp");
+        let _ = std::fs::remove_file(&staged);
+        std::os::unix::fs::symlink(&generation, &staged).unwrap();
+        std::fs::rename(&staged, self.dir.join("..data")).unwrap();
+    }
+}
+
+impl Drop for SecretMount {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn spawn_with_file(fake: FakeUpstream, file: &Path) -> TestApp {
+    spawn_app_with(fake, &["--credentials-file", file.to_str().unwrap()]).await
+}
+
+async fn metric_line(app: &TestApp, start: &str) -> String {
+    let metrics = String::from_utf8(app.get("/metrics").await.body).unwrap();
+    metrics
+        .lines()
+        .find(|l| l.starts_with(start))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[actix_rt::test]
+async fn a_rotation_under_load_fails_no_request() {
+    let fake = FakeUpstream::start();
+    fake.accept_key(NEW_ID, NEW_KEY);
+    let mut mount = SecretMount::new(&profile(FAKE_SECRET_ID, FAKE_SECRET_KEY, ""));
+    let app = spawn_with_file(fake, &mount.file()).await;
+
+    // Distinct tasks, so every request is signed and sent; the rotation lands in the middle.
+    let load = join_all((0..60).map(|i| {
+        let app = &app;
+        async move {
+            tokio::time::sleep(Duration::from_millis(50 * i as u64)).await;
+            app.task(70_000 + i).await.status
+        }
+    }));
+    let rotate = async {
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        mount.update(&profile(NEW_ID, NEW_KEY, ""));
+    };
+    let (statuses, ()) = futures_util::join!(load, rotate);
+
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "no failure during rotation: {statuses:?}"
+    );
+    let calls = app.fake.calls();
+    assert!(calls.iter().all(|c| c.signature_error.is_none()));
+    let signed_with = |id: &str| {
+        calls
+            .iter()
+            .filter(|c| c.header("Authorization").unwrap().contains(id))
+            .count()
+    };
+    assert!(
+        signed_with(FAKE_SECRET_ID) > 0,
+        "the old key served before the swap"
+    );
+    assert!(
+        signed_with(NEW_ID) > 0,
+        "the new key took over within the reload interval"
+    );
+    // Id and key always from one read: a mix would have failed the signature check above.
+    assert_eq!(
+        metric_line(
+            &app,
+            r#"taskgate_file_reloads_total{file="credentials",result="ok"}"#
+        )
+        .await,
+        r#"taskgate_file_reloads_total{file="credentials",result="ok"} 1"#
+    );
+}
+
+#[actix_rt::test]
+async fn a_broken_new_file_keeps_the_old_credentials() {
+    let fake = FakeUpstream::start();
+    let mut mount = SecretMount::new(&profile(FAKE_SECRET_ID, FAKE_SECRET_KEY, ""));
+    let app = spawn_with_file(fake, &mount.file()).await;
+    assert_eq!(app.task(1).await.status, 200);
+
+    mount.update("[default]\nsecret_id = AKIDhalfWRITTEN\n");
+    let mut line = String::new();
+    for _ in 0..40 {
+        line = metric_line(
+            &app,
+            r#"taskgate_file_reloads_total{file="credentials",result="error"}"#,
+        )
+        .await;
+        if line.ends_with(" 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(line.ends_with(" 1"), "{line}");
+    assert_eq!(
+        app.task(2).await.status,
+        200,
+        "still signing with the old credentials"
+    );
+    assert_eq!(app.get("/readyz").await.status, 200);
+}
+
+#[actix_rt::test]
+async fn expired_credentials_turn_readiness_off_and_expiry_is_a_metric() {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let fake = FakeUpstream::start();
+    fake.require_token("fakeTOKENtemporary");
+    let expires = format!("token = fakeTOKENtemporary\nexpires_at = {}\n", now + 2);
+    let mount = SecretMount::new(&profile(FAKE_SECRET_ID, FAKE_SECRET_KEY, &expires));
+    let app = spawn_with_file(fake, &mount.file()).await;
+
+    assert_eq!(app.task(1).await.status, 200, "the token is sent");
+    assert_eq!(app.get("/readyz").await.status, 200);
+    let line = metric_line(&app, "taskgate_credentials_expiry_seconds ").await;
+    let left: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(left > 0.0 && left <= 2.0, "{line}");
+
+    let mut readiness = 200;
+    for _ in 0..50 {
+        readiness = app.get("/readyz").await.status;
+        if readiness == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(readiness, 503);
+    let body = app.get("/readyz").await.json();
+    assert!(body["reason"].as_str().unwrap().contains("expired"));
+    let line = metric_line(&app, "taskgate_credentials_expiry_seconds ").await;
+    assert!(line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() < 0.0);
+}
