@@ -46,7 +46,7 @@ pub struct Answer {
     pub ttl: Duration,
     /// How long after that it may still be served if its refresh fails (stale-if-error).
     pub stale_for: Duration,
-    pub upstream_request_id: Option<String>,
+    pub upstream_request_id: Option<Arc<str>>,
 }
 
 impl Answer {
@@ -63,7 +63,7 @@ impl Answer {
             fetched_at,
             ttl,
             stale_for,
-            upstream_request_id: Some(task.request_id.clone()),
+            upstream_request_id: Some(Arc::from(task.request_id.as_str())),
         }
     }
 
@@ -76,7 +76,7 @@ impl Answer {
             fetched_at,
             ttl,
             stale_for: Duration::ZERO,
-            upstream_request_id: error.upstream_request_id().map(str::to_owned),
+            upstream_request_id: error.upstream_request_id().map(Arc::from),
         }
     }
 

@@ -354,7 +354,7 @@ impl ResponseError for ApiError {
         if let Some(id) = self.upstream_request_id() {
             response
                 .extensions_mut()
-                .insert(crate::observe::UpstreamRequestId(id.to_owned()));
+                .insert(crate::observe::UpstreamRequestId(std::sync::Arc::from(id)));
         }
         response.body(self.to_body())
     }

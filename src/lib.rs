@@ -22,11 +22,12 @@
 //! - `logging`: text or JSON log lines, written off the request path
 //! - `shared`: shared mode through Redis: one budget, one cache, one lookup per task
 //! - `demo`: the embedded simulated upstream behind `--demo`
-//! - `clock`: the seam for time
+//! - `clock`: the seam for time; `civil`: calendar arithmetic without a clock
 
 pub mod budget;
 pub mod cache;
 pub mod callers;
+pub mod civil;
 pub mod clock;
 pub mod coalesce;
 pub mod config;

@@ -41,7 +41,7 @@ pub struct LookupContext {
     /// The caller's deadline (for a fetch: the fetch's own).
     pub deadline: Instant,
     /// The request id, sent upstream as `X-TC-TraceId`.
-    pub trace_id: Option<String>,
+    pub trace_id: Option<Arc<str>>,
     /// The authenticated caller, whose queue the fetch waits in for budget.
     pub caller: Option<CallerName>,
 }

@@ -265,9 +265,14 @@ pub const ANONYMOUS_CALLER: &str = "anonymous";
 pub const REJECTED_CALLER: &str = "rejected";
 
 /// Status codes taskgate answers with, pre-initialised so rates never start from a gap.
-const STATUSES: [&str; 10] = [
-    "200", "304", "400", "401", "404", "405", "500", "502", "503", "504",
-];
+const STATUSES: [u16; 12] = [200, 400, 401, 404, 405, 414, 431, 500, 502, 503, 504, 304];
+
+/// Handles of the series every request touches, so the hot path does no label hashing.
+struct HotHttpSeries {
+    requests: Vec<Vec<IntCounter>>,
+    durations: Vec<Histogram>,
+    anonymous_caller: IntCounter,
+}
 
 /// All of taskgate's metrics, built once and shared.
 pub struct Metrics {
@@ -300,6 +305,7 @@ pub struct Metrics {
     pub caller_requests: IntCounterVec,
     pub signature_expired: IntCounter,
     pub clock_skew: Gauge,
+    http_hot: HotHttpSeries,
     pub cache_lookups_stale: IntCounter,
 }
 
@@ -311,29 +317,64 @@ impl Metrics {
             &["result"],
         )
         .unwrap();
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "taskgate_http_requests_total",
+                "HTTP requests answered, by route template and status code.",
+            ),
+            &["route", "status"],
+        )
+        .unwrap();
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "taskgate_http_request_duration_seconds",
+                "Time to answer an HTTP request, by route template.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["route"],
+        )
+        .unwrap();
+        let caller_requests = IntCounterVec::new(
+            Opts::new(
+                "taskgate_caller_requests_total",
+                "Task requests by authenticated caller (names from TASKGATE_CALLER_TOKENS_FILE; anonymous without it; rejected for missing or bad tokens).",
+            ),
+            &["caller"],
+        )
+        .unwrap();
+        // Every known (route, status) series exists from the start, at zero.
+        let http_hot = HotHttpSeries {
+            requests: Route::ALL
+                .iter()
+                .map(|route| {
+                    STATUSES
+                        .iter()
+                        .map(|status| {
+                            http_requests
+                                .with_label_values(&[route.template(), &status.to_string()])
+                        })
+                        .collect()
+                })
+                .collect(),
+            durations: Route::ALL
+                .iter()
+                .map(|route| http_duration.with_label_values(&[route.template()]))
+                .collect(),
+            anonymous_caller: caller_requests.with_label_values(&[ANONYMOUS_CALLER]),
+        };
         let m = Self {
+            http_hot,
+            http_requests,
+            http_duration,
+            caller_requests,
             cache_lookups_hit: cache_lookups.with_label_values(&[Served::Hit.as_str()]),
             cache_lookups_miss: cache_lookups.with_label_values(&[Served::Miss.as_str()]),
             cache_lookups_shared: cache_lookups.with_label_values(&[Served::Shared.as_str()]),
             cache_lookups_stale: cache_lookups.with_label_values(&[Served::Stale.as_str()]),
             cache_lookups,
-            http_requests: IntCounterVec::new(
-                Opts::new("taskgate_http_requests_total", "HTTP requests answered, by route template and status code."),
-                &["route", "status"],
-            )
-            .unwrap(),
-            http_duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "taskgate_http_request_duration_seconds",
-                    "Time to answer an HTTP request, by route template.",
-                )
-                .buckets(vec![
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                    0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                ]),
-                &["route"],
-            )
-            .unwrap(),
             upstream_calls: IntCounterVec::new(
                 Opts::new("taskgate_upstream_calls_total", "Upstream DescribeAsyncRequestInfo attempts, by outcome and upstream error code."),
                 &["outcome", "code"],
@@ -436,14 +477,6 @@ impl Metrics {
                 "Seconds until the temporary credentials in use expire (negative once expired; +Inf for long-term keys).",
             )
             .unwrap(),
-            caller_requests: IntCounterVec::new(
-                Opts::new(
-                    "taskgate_caller_requests_total",
-                    "Task requests by authenticated caller (names from TASKGATE_CALLER_TOKENS_FILE; anonymous without it; rejected for missing or bad tokens).",
-                ),
-                &["caller"],
-            )
-            .unwrap(),
             signature_expired: IntCounter::new(
                 "taskgate_signature_expired_total",
                 "Upstream AuthFailure.SignatureExpire answers: this host's clock is off.",
@@ -518,13 +551,6 @@ impl Metrics {
     }
 
     fn initialise_series(&self, rate_limit: u32) {
-        for route in Route::ALL {
-            self.http_duration.with_label_values(&[route.template()]);
-            for status in STATUSES {
-                self.http_requests
-                    .with_label_values(&[route.template(), status]);
-            }
-        }
         for outcome in CallOutcome::ALL {
             self.upstream_calls
                 .with_label_values(&[outcome.as_str(), "none"]);
@@ -584,13 +610,26 @@ impl Metrics {
         self.upstream_duration.observe(seconds);
     }
 
+    /// Counts one answered request; the common series are resolved once, at start.
     pub fn record_http(&self, route: Route, status: u16, seconds: f64) {
-        self.http_requests
-            .with_label_values(&[route.template(), &status.to_string()])
-            .inc();
-        self.http_duration
-            .with_label_values(&[route.template()])
-            .observe(seconds);
+        let route_index = route as usize;
+        match STATUSES.iter().position(|s| *s == status) {
+            Some(status_index) => self.http_hot.requests[route_index][status_index].inc(),
+            None => self
+                .http_requests
+                .with_label_values(&[route.template(), &status.to_string()])
+                .inc(),
+        }
+        self.http_hot.durations[route_index].observe(seconds);
+    }
+
+    /// Counts one task request for its caller.
+    pub fn record_caller(&self, caller: &str) {
+        if caller == ANONYMOUS_CALLER {
+            self.http_hot.anonymous_caller.inc();
+        } else {
+            self.caller_requests.with_label_values(&[caller]).inc();
+        }
     }
 
     /// The text exposition of every family.

@@ -4,6 +4,7 @@
 //! `-`, `_`, `.`, `:`), generated otherwise; it is returned on the response, sent upstream as
 //! `X-TC-TraceId`, and written in the access log, so one request can be followed end to end.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::body::{EitherBody, MessageBody};
@@ -14,6 +15,7 @@ use actix_web::ResponseError;
 use actix_web::{web, HttpMessage};
 
 use crate::error::{ApiError, MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_URI_LENGTH};
+use crate::logging::{self, AccessRecord};
 use crate::metrics::Route;
 use crate::state::AppState;
 
@@ -21,7 +23,7 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// This request's id, in the request's extensions.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+pub struct RequestId(pub Arc<str>);
 
 /// The caller a request was made by (or `anonymous` / `rejected`), for logs and metrics.
 #[derive(Debug, Clone)]
@@ -29,7 +31,7 @@ pub struct CallerLabel(pub std::sync::Arc<str>);
 
 /// The upstream `RequestId` behind a response, in the response's extensions (for the access log).
 #[derive(Debug, Clone)]
-pub struct UpstreamRequestId(pub String);
+pub struct UpstreamRequestId(pub Arc<str>);
 
 fn is_sane(id: &str) -> bool {
     (1..=128).contains(&id.len())
@@ -39,8 +41,11 @@ fn is_sane(id: &str) -> bool {
 }
 
 /// A fresh id: 128 random bits in hex.
-pub fn generate_request_id() -> String {
-    format!("{:032x}", fastrand::u128(..))
+pub fn generate_request_id() -> Arc<str> {
+    use std::fmt::Write as _;
+    let mut id = String::with_capacity(32);
+    let _ = write!(id, "{:032x}", fastrand::u128(..));
+    Arc::from(id)
 }
 
 pub async fn observe(
@@ -73,8 +78,9 @@ pub async fn observe(
         .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|id| is_sane(id))
-        .map_or_else(generate_request_id, str::to_owned);
-    req.extensions_mut().insert(RequestId(request_id.clone()));
+        .map_or_else(generate_request_id, Arc::from);
+    req.extensions_mut()
+        .insert(RequestId(Arc::clone(&request_id)));
     let method = req.method().clone();
 
     let mut response = next.call(req).await?.map_into_left_body();
@@ -90,12 +96,13 @@ pub async fn observe(
         state
             .metrics
             .record_http(route, status, elapsed.as_secs_f64());
-        if let Some(caller) = response.request().extensions().get::<CallerLabel>() {
-            state
-                .metrics
-                .caller_requests
-                .with_label_values(&[&caller.0])
-                .inc();
+        let caller = response
+            .request()
+            .extensions()
+            .get::<CallerLabel>()
+            .cloned();
+        if let Some(caller) = &caller {
+            state.metrics.record_caller(&caller.0);
         }
         if state.access_log {
             let served = response
@@ -107,27 +114,17 @@ pub async fn observe(
                 .response()
                 .extensions()
                 .get::<UpstreamRequestId>()
-                .map(|id| id.0.clone());
-            let caller = response
-                .request()
-                .extensions()
-                .get::<CallerLabel>()
-                .map(|c| c.0.clone());
-            log::info!(
-                target: "taskgate::access",
-                method = method.as_str(),
-                route = route.template(),
-                status = status,
-                duration_ms = elapsed.as_secs_f64() * 1_000.0,
-                served = served,
-                upstream_request_id = upstream_request_id.as_deref().unwrap_or("-"),
-                caller = caller.as_deref().unwrap_or("-"),
-                request_id = request_id.as_str();
-                "{} {} {}",
-                method,
-                route.template(),
-                status
-            );
+                .map(|id| Arc::clone(&id.0));
+            logging::access(&AccessRecord {
+                method: method.as_str(),
+                route: route.template(),
+                status,
+                duration: elapsed,
+                served,
+                upstream_request_id: upstream_request_id.as_deref(),
+                caller: caller.as_ref().map(|c| &*c.0),
+                request_id: &request_id,
+            });
         }
     }
     Ok(response)

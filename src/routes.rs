@@ -11,7 +11,7 @@ use crate::cache::AnswerKind;
 use crate::callers::{bearer_token, CallerName};
 use crate::error::ApiError;
 use crate::lookup::{Lookup, LookupContext, LookupService};
-use crate::metrics::{Served, ANONYMOUS_CALLER, REJECTED_CALLER};
+use crate::metrics::{Served, REJECTED_CALLER};
 use crate::observe::{CallerLabel, RequestId, UpstreamRequestId};
 use crate::state::AppState;
 use crate::task::FlowId;
@@ -108,10 +108,13 @@ async fn get_task(
     let raw = req.match_info().get("flow_id").unwrap_or_default();
     let flow_id = FlowId::parse(raw).map_err(ApiError::InvalidFlowId)?;
     let timeout = caller_timeout(&req, state.request_timeout)?;
-    let request_id = req.extensions().get::<RequestId>().cloned();
+    let trace_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|id| Arc::clone(&id.0));
     let context = LookupContext {
         deadline: lookup.clock().now() + timeout,
-        trace_id: request_id.map(|id| id.0),
+        trace_id,
         caller,
     };
     let found = lookup.lookup(&client, flow_id, &context).await?;
@@ -123,7 +126,7 @@ async fn get_task(
 fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Option<CallerName>, ApiError> {
     let Some(registry) = &state.callers else {
         req.extensions_mut()
-            .insert(CallerLabel(Arc::from(ANONYMOUS_CALLER)));
+            .insert(CallerLabel(Arc::clone(&state.anonymous)));
         return Ok(None);
     };
     let presented = req
@@ -173,7 +176,7 @@ fn render(state: &AppState, found: &Lookup, now: Instant) -> HttpResponse {
     if let Some(id) = &answer.upstream_request_id {
         response
             .extensions_mut()
-            .insert(UpstreamRequestId(id.clone()));
+            .insert(UpstreamRequestId(Arc::clone(id)));
     }
     response
         .insert_header((header::AGE, answer.age_secs(now)))

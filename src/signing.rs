@@ -80,24 +80,7 @@ pub fn canonical_request(content_type: &str, host: &str, hashed_payload: &str) -
 /// The UTC calendar date (`YYYY-MM-DD`) of a Unix timestamp. UTC, not Beijing time: the server
 /// derives the date the same way, and the two differ before 08:00 in Beijing.
 pub fn utc_date(timestamp: i64) -> String {
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm), exact for every i64
-    // timestamp the upstream accepts; `time` would do the same with a Result we cannot hit.
-    let days = timestamp.div_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
+    crate::civil::utc_date(timestamp)
 }
 
 /// `CredentialScope = Date/service/tc3_request`.
@@ -178,14 +161,6 @@ pub fn sign(credentials: &Credentials, input: &SigningInput<'_>) -> Signature {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn utc_date_handles_epoch_and_negative_days() {
-        assert_eq!(utc_date(0), "1970-01-01");
-        assert_eq!(utc_date(-1), "1969-12-31");
-        assert_eq!(utc_date(951_782_400), "2000-02-29");
-        assert_eq!(utc_date(4_107_542_400), "2100-03-01");
-    }
 
     #[test]
     fn hex_encode_is_lowercase_and_padded() {

@@ -224,7 +224,7 @@ impl Application {
             callers,
             cache,
             config.request_timeout,
-            config.access_log,
+            crate::logging::access_log_enabled(config.access_log),
         ));
 
         let listener = TcpListener::bind(config.listen)

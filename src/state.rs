@@ -14,6 +14,9 @@ pub struct AppState {
     pub credentials: Arc<CredentialStore>,
     /// Caller authentication, when `TASKGATE_CALLER_TOKENS_FILE` is set.
     pub callers: Option<Arc<CallerRegistry>>,
+    /// The caller label of every request when caller authentication is off (shared, not
+    /// allocated per request).
+    pub anonymous: Arc<str>,
     pub cache: AnswerCache,
     pub request_timeout: Duration,
     /// `Cache-Control` of final answers, rendered once.
@@ -41,6 +44,7 @@ impl AppState {
             metrics,
             credentials,
             callers,
+            anonymous: Arc::from(crate::metrics::ANONYMOUS_CALLER),
             cache,
             request_timeout,
             final_cache_control,

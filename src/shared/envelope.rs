@@ -51,7 +51,7 @@ impl AnswerEnvelope {
             content_type: answer.content_type.to_string(),
             body: String::from_utf8_lossy(&answer.body).into_owned(),
             ttl_ms: answer.ttl.as_millis() as u64,
-            request_id: answer.upstream_request_id.clone(),
+            request_id: answer.upstream_request_id.as_deref().map(str::to_owned),
         }
     }
 
@@ -78,7 +78,7 @@ impl AnswerEnvelope {
             ttl,
             // Stale-if-error is each replica's own fallback, kept locally only.
             stale_for: Duration::ZERO,
-            upstream_request_id: self.request_id,
+            upstream_request_id: self.request_id.map(|id| std::sync::Arc::from(id.as_str())),
         })
     }
 }
