@@ -208,6 +208,14 @@ pub struct Config {
     #[arg(long, env = "TASKGATE_CLIENT_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
     pub client_timeout: Duration,
 
+    /// Longest long poll (`?wait=` or `Prefer: wait`); longer asks are capped to it.
+    #[arg(long, env = "TASKGATE_MAX_WAIT", default_value = "60s", value_parser = parse_duration)]
+    pub max_wait: Duration,
+
+    /// Long polls held at once; beyond it a request is answered at once with the current status.
+    #[arg(long, env = "TASKGATE_MAX_WAITERS", default_value = "10000", value_parser = parse_count)]
+    pub max_waiters: usize,
+
     /// Run against the embedded simulated SSM upstream with throwaway credentials.
     #[arg(long, env = "TASKGATE_DEMO")]
     pub demo: bool,

@@ -15,6 +15,7 @@
 //! - `coalesce`: one upstream fetch per flow id, shared by concurrent lookups
 //! - `budget`: the sliding-window rate limiter with its waiting room (`fair_queue`)
 //! - `resilience`: the retry budget and the circuit breaker
+//! - `waits`: long polls with one poller per task; `board`: where waiters hear answers
 //! - `error`: `ApiError` and its one mapping to problem+json
 //! - `metrics`: the Prometheus registry and typed handles
 //! - `routes`, `state`, `startup`: the HTTP surface and the application's lifecycle
@@ -24,6 +25,7 @@
 //! - `demo`: the embedded simulated upstream behind `--demo`
 //! - `clock`: the seam for time; `civil`: calendar arithmetic without a clock
 
+pub mod board;
 pub mod budget;
 pub mod cache;
 pub mod callers;
@@ -49,3 +51,4 @@ pub mod startup;
 pub mod state;
 pub mod task;
 pub mod upstream;
+pub mod waits;

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::board::AnswerBoard;
 use crate::budget::Budget;
 use crate::cache::{Answer, AnswerCache, CacheLookup};
 use crate::callers::CallerName;
@@ -58,6 +59,7 @@ struct Inner {
     budget: Arc<Budget>,
     resilience: Arc<Resilience>,
     flight: Option<Arc<Flight>>,
+    board: Arc<AnswerBoard>,
     credentials: Arc<CredentialStore>,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
@@ -77,6 +79,8 @@ pub struct LookupParts {
     pub resilience: Arc<Resilience>,
     /// Shared mode's cache and cross-replica lookups, when Redis is configured.
     pub flight: Option<Arc<Flight>>,
+    /// Where long polls listen for answers.
+    pub board: Arc<AnswerBoard>,
     pub credentials: Arc<CredentialStore>,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
@@ -92,6 +96,7 @@ impl LookupService {
                 budget: parts.budget,
                 resilience: parts.resilience,
                 flight: parts.flight,
+                board: parts.board,
                 credentials: parts.credentials,
                 metrics: parts.metrics,
                 clock: parts.clock,
@@ -226,6 +231,8 @@ impl LookupService {
                 .cache
                 .insert(flow_id, Arc::clone(&fetched.answer))
                 .await;
+            // Wakes long polls on this task at once, whoever's lookup learned the answer.
+            inner.board.post(flow_id, &fetched.answer);
         }
         inner.metrics.inflight_fetches.dec();
         leader.finish(result);

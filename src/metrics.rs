@@ -259,6 +259,36 @@ impl BreakerState {
     }
 }
 
+/// How a long poll ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitEnd {
+    /// The task left processing.
+    Completed,
+    /// The wait ran out with the task still processing.
+    TimedOut,
+    /// Answered early because taskgate is shutting down.
+    Shutdown,
+    /// Not held: too many requests were waiting already.
+    Overflow,
+}
+
+impl WaitEnd {
+    pub const ALL: [WaitEnd; 4] = [
+        WaitEnd::Completed,
+        WaitEnd::TimedOut,
+        WaitEnd::Shutdown,
+        WaitEnd::Overflow,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaitEnd::Completed => "completed",
+            WaitEnd::TimedOut => "timed_out",
+            WaitEnd::Shutdown => "shutdown",
+            WaitEnd::Overflow => "overflow",
+        }
+    }
+}
+
 /// The `caller` label of requests without caller authentication configured.
 pub const ANONYMOUS_CALLER: &str = "anonymous";
 /// The `caller` label of requests refused for a missing or unknown token.
@@ -306,6 +336,10 @@ pub struct Metrics {
     pub signature_expired: IntCounter,
     pub clock_skew: Gauge,
     http_hot: HotHttpSeries,
+    pub waiters: IntGauge,
+    pub pollers: IntGauge,
+    pub wait_duration: Histogram,
+    pub waits: IntCounterVec,
     pub cache_lookups_stale: IntCounter,
 }
 
@@ -477,6 +511,32 @@ impl Metrics {
                 "Seconds until the temporary credentials in use expire (negative once expired; +Inf for long-term keys).",
             )
             .unwrap(),
+            waiters: IntGauge::new(
+                "taskgate_waiters",
+                "Requests holding a long poll (?wait= or Prefer: wait) on a processing task.",
+            )
+            .unwrap(),
+            pollers: IntGauge::new(
+                "taskgate_pollers",
+                "Tasks this replica polls for long-poll waiters (one per task, whatever the number of waiters).",
+            )
+            .unwrap(),
+            wait_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "taskgate_wait_duration_seconds",
+                    "How long long-poll requests were held.",
+                )
+                .buckets(vec![0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0]),
+            )
+            .unwrap(),
+            waits: IntCounterVec::new(
+                Opts::new(
+                    "taskgate_waits_total",
+                    "Long polls by how they ended: completed, timed_out, shutdown, overflow (not held: too many waiters).",
+                ),
+                &["ended"],
+            )
+            .unwrap(),
             signature_expired: IntCounter::new(
                 "taskgate_signature_expired_total",
                 "Upstream AuthFailure.SignatureExpire answers: this host's clock is off.",
@@ -534,6 +594,10 @@ impl Metrics {
         r.register(Box::new(self.signature_expired.clone()))
             .unwrap();
         r.register(Box::new(self.clock_skew.clone())).unwrap();
+        r.register(Box::new(self.waiters.clone())).unwrap();
+        r.register(Box::new(self.pollers.clone())).unwrap();
+        r.register(Box::new(self.wait_duration.clone())).unwrap();
+        r.register(Box::new(self.waits.clone())).unwrap();
         #[cfg(target_os = "linux")]
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -581,6 +645,9 @@ impl Metrics {
             }
         }
         self.credentials_expiry.set(f64::INFINITY);
+        for ended in WaitEnd::ALL {
+            self.waits.with_label_values(&[ended.as_str()]);
+        }
         for caller in [ANONYMOUS_CALLER, REJECTED_CALLER] {
             self.caller_requests.with_label_values(&[caller]);
         }
@@ -621,6 +688,12 @@ impl Metrics {
                 .inc(),
         }
         self.http_hot.durations[route_index].observe(seconds);
+    }
+
+    /// Counts one long poll by how it ended.
+    pub fn record_wait(&self, ended: WaitEnd, held: std::time::Duration) {
+        self.waits.with_label_values(&[ended.as_str()]).inc();
+        self.wait_duration.observe(held.as_secs_f64());
     }
 
     /// Counts one task request for its caller.

@@ -16,6 +16,7 @@ use crate::observe::{CallerLabel, RequestId, UpstreamRequestId};
 use crate::state::AppState;
 use crate::task::FlowId;
 use crate::upstream::UpstreamClient;
+use crate::waits::WaitService;
 
 /// `Allow` of the task route.
 pub const TASK_METHODS: &str = "GET, HEAD";
@@ -101,6 +102,7 @@ async fn get_task(
     req: HttpRequest,
     state: web::Data<AppState>,
     lookup: web::Data<LookupService>,
+    waits: web::Data<WaitService>,
     client: web::Data<UpstreamClient>,
 ) -> Result<HttpResponse, ApiError> {
     // Who asks comes first: an unauthenticated caller learns nothing, not even about its input.
@@ -108,6 +110,7 @@ async fn get_task(
     let raw = req.match_info().get("flow_id").unwrap_or_default();
     let flow_id = FlowId::parse(raw).map_err(ApiError::InvalidFlowId)?;
     let timeout = caller_timeout(&req, state.request_timeout)?;
+    let wait = requested_wait(&req, waits.max_wait())?;
     let trace_id = req
         .extensions()
         .get::<RequestId>()
@@ -117,8 +120,78 @@ async fn get_task(
         trace_id,
         caller,
     };
-    let found = lookup.lookup(&client, flow_id, &context).await?;
-    Ok(render(&state, &found, lookup.clock().now()))
+    let mut found = lookup.lookup(&client, flow_id, &context).await?;
+    if let Some(wait) = wait {
+        found = waits
+            .into_inner()
+            .wait(&client, flow_id, found, wait.duration, context.caller)
+            .await;
+    }
+    let mut response = render(&state, &found, lookup.clock().now());
+    if let Some(Wait {
+        from_prefer: true,
+        duration,
+    }) = wait
+    {
+        response.headers_mut().insert(
+            header::HeaderName::from_static("preference-applied"),
+            header::HeaderValue::from_str(&format!("wait={}", duration.as_secs()))
+                .expect("digits are a valid header value"),
+        );
+    }
+    Ok(response)
+}
+
+/// A long poll the caller asked for, capped to `TASKGATE_MAX_WAIT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Wait {
+    duration: Duration,
+    /// Asked with `Prefer: wait=N` (answered with `Preference-Applied`).
+    from_prefer: bool,
+}
+
+/// `?wait=30s` (the X-Request-Timeout grammar) or `Prefer: wait=30` (RFC 7240, seconds).
+fn requested_wait(req: &HttpRequest, max_wait: Duration) -> Result<Option<Wait>, ApiError> {
+    let from_query = req
+        .query_string()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("wait="));
+    if let Some(text) = from_query {
+        let duration = parse_timeout(text).ok_or_else(|| {
+            ApiError::InvalidRequest(
+                "wait must be a whole number of ms, s or m, such as 30s (seconds when the unit \
+                 is left out)"
+                    .into(),
+            )
+        })?;
+        return Ok(Some(Wait {
+            duration: duration.min(max_wait),
+            from_prefer: false,
+        }));
+    }
+    let preferences = req
+        .headers()
+        .get_all("prefer")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .map(str::trim);
+    for preference in preferences {
+        let Some((name, value)) = preference.split_once('=') else {
+            continue;
+        };
+        if name.trim().eq_ignore_ascii_case("wait") {
+            let seconds = value.trim().trim_matches('"').parse::<u32>().map_err(|_| {
+                ApiError::InvalidRequest(
+                    "Prefer: wait= takes whole seconds, such as wait=30".into(),
+                )
+            })?;
+            return Ok(Some(Wait {
+                duration: Duration::from_secs(u64::from(seconds)).min(max_wait),
+                from_prefer: true,
+            }));
+        }
+    }
+    Ok(None)
 }
 
 /// The caller named by the bearer token, when caller authentication is on. Records the name

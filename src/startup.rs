@@ -14,6 +14,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
+use crate::board::AnswerBoard;
 use crate::budget::{Budget, BudgetConfig};
 use crate::cache::{AnswerCache, CachePolicy};
 use crate::callers::{CallerRegistry, CallerTokens};
@@ -30,6 +31,7 @@ use crate::shared::flight::Flight;
 use crate::shared::{Redis, SharedConfig};
 use crate::state::AppState;
 use crate::upstream::{tls, UpstreamClient, UpstreamTarget};
+use crate::waits::{WaitConfig, WaitService};
 
 /// Why taskgate could not start. Each names the setting or resource at fault.
 #[derive(Debug)]
@@ -59,6 +61,7 @@ pub struct Application {
     port: u16,
     server: Server,
     state: web::Data<AppState>,
+    waits: web::Data<WaitService>,
     demo: Option<DemoUpstream>,
     drain_delay: Duration,
 }
@@ -188,10 +191,12 @@ impl Application {
             Arc::clone(&metrics),
         );
         // The lease covers the longest one fetch takes before its holder renews it.
+        let board = Arc::new(AnswerBoard::default());
         let flight = redis.map(|redis| {
             Flight::start(
                 redis,
                 config.max_queue_wait + config.upstream_timeout + window,
+                Arc::clone(&board),
             )
         });
         let resilience = Arc::new(Resilience::new(
@@ -208,16 +213,30 @@ impl Application {
             },
             Arc::clone(&metrics),
         ));
-        let lookup = web::Data::new(LookupService::new(LookupParts {
+        let lookup = LookupService::new(LookupParts {
             cache: cache.clone(),
             budget,
             resilience,
-            flight,
+            flight: flight.clone(),
+            board: Arc::clone(&board),
             credentials: Arc::clone(&credentials),
             metrics: Arc::clone(&metrics),
             clock: Arc::clone(&clock),
             fetch_timeout: config.request_timeout,
-        }));
+        });
+        let waits = web::Data::new(WaitService::new(
+            board,
+            lookup.clone(),
+            flight,
+            WaitConfig {
+                max_wait: config.max_wait,
+                max_waiters: config.max_waiters,
+                interval: config.processing_ttl.max(Duration::from_millis(100)),
+                poll_timeout: config.request_timeout,
+            },
+            Arc::clone(&metrics),
+        ));
+        let lookup = web::Data::new(lookup);
         let state = web::Data::new(AppState::new(
             Arc::clone(&metrics),
             credentials,
@@ -238,11 +257,13 @@ impl Application {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
 
         let server_state = state.clone();
+        let server_waits = waits.clone();
         let server = HttpServer::new(move || {
             let client = web::Data::new(UpstreamClient::new(Arc::clone(&target)));
             App::new()
                 .app_data(server_state.clone())
                 .app_data(lookup.clone())
+                .app_data(server_waits.clone())
                 .app_data(client)
                 .wrap(from_fn(observe::observe))
                 .configure(routes::configure)
@@ -271,6 +292,7 @@ impl Application {
             port,
             server,
             state,
+            waits,
             demo,
             drain_delay: config.drain_delay,
         })
@@ -298,10 +320,13 @@ impl Application {
     ) -> std::io::Result<()> {
         let handle = self.server.handle();
         let state = self.state.clone();
+        let waits = self.waits.clone();
         let drain_delay = self.drain_delay;
         actix_rt::spawn(async move {
             shutdown.await;
             state.start_draining();
+            // Long polls answer now with what they have: draining never waits for them.
+            waits.shut_down();
             log::info!(
                 "shutdown requested: /readyz now answers 503; serving for {} ms more",
                 drain_delay.as_millis()

@@ -18,12 +18,20 @@ use tokio::time::Instant;
 
 use super::envelope::{AnswerEnvelope, Outcome};
 use super::{Redis, Unavailable};
+use crate::board::AnswerBoard;
 use crate::cache::Answer;
 use crate::task::FlowId;
 
 /// Deletes the lease only if it is still ours.
 const RELEASE_LEASE: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+/// Takes the poller lease of a task, or keeps it if it is ours already.
+const HOLD_POLLER: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0
 "#;
 
@@ -46,18 +54,22 @@ pub struct Flight {
     waiters: Mutex<HashMap<FlowId, Vec<oneshot::Sender<Outcome>>>>,
     release: Script,
     renew: Script,
+    hold_poller: Script,
     lease_ttl: Duration,
+    board: Arc<AnswerBoard>,
 }
 
 impl Flight {
     /// Starts the subscription that wakes this replica's waiters.
-    pub fn start(redis: Arc<Redis>, lease_ttl: Duration) -> Arc<Self> {
+    pub fn start(redis: Arc<Redis>, lease_ttl: Duration, board: Arc<AnswerBoard>) -> Arc<Self> {
         let flight = Arc::new(Self {
             redis,
             waiters: Mutex::new(HashMap::new()),
             release: Script::new(RELEASE_LEASE),
             renew: Script::new(RENEW_LEASE),
+            hold_poller: Script::new(HOLD_POLLER),
             lease_ttl,
+            board,
         });
         let weak = Arc::downgrade(&flight);
         tokio::spawn(async move {
@@ -105,11 +117,34 @@ impl Flight {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&flow_id)
             .unwrap_or_default();
+        // Long polls on this replica hear every answer a peer fetched.
+        if self.board.waiters(flow_id) > 0 {
+            if let Ok(Outcome::Answer(envelope)) = serde_json::from_slice::<Outcome>(payload) {
+                let now = Instant::now();
+                if let Some(answer) = envelope.into_answer(now, Duration::MAX) {
+                    self.board.post(flow_id, &Arc::new(answer));
+                }
+            }
+        }
         for sender in senders {
             if let Ok(outcome) = serde_json::from_slice::<Outcome>(payload) {
                 let _ = sender.send(outcome);
             }
         }
+    }
+
+    /// Takes or keeps the poller lease of `flow_id` for this replica's long polls.
+    pub async fn hold_poller(&self, flow_id: FlowId, token: &str, ttl: Duration) -> bool {
+        let key = self.redis.key(&["poller", &flow_id.to_string()]);
+        let mut conn = self.redis.connection();
+        let mut invocation = self.hold_poller.key(&key);
+        invocation.arg(token).arg(ttl.as_millis() as u64);
+        matches!(
+            self.redis
+                .run(async move { invocation.invoke_async::<i64>(&mut conn).await })
+                .await,
+            Ok(1)
+        )
     }
 
     /// Registers interest in a peer's outcome before looking at the lease, so no publish is missed.

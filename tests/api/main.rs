@@ -17,3 +17,4 @@ mod redis_server;
 mod shared_mode;
 mod tasks;
 mod tls;
+mod waits;
