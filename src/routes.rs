@@ -85,7 +85,8 @@ fn caller_timeout(req: &HttpRequest, configured: Duration) -> Result<Duration, A
 fn parse_timeout(text: &str) -> Option<Duration> {
     let text = text.trim();
     let digits = text.bytes().take_while(u8::is_ascii_digit).count();
-    if digits == 0 || digits > 9 {
+    let significant = text[..digits].trim_start_matches('0').len();
+    if digits == 0 || significant > 9 {
         return None;
     }
     let (number, unit) = text.split_at(digits);
@@ -179,12 +180,11 @@ fn requested_wait(req: &HttpRequest, max_wait: Duration) -> Result<Option<Wait>,
         let Some((name, value)) = preference.split_once('=') else {
             continue;
         };
-        if name.trim().eq_ignore_ascii_case("wait") {
-            let seconds = value.trim().trim_matches('"').parse::<u32>().map_err(|_| {
-                ApiError::InvalidRequest(
-                    "Prefer: wait= takes whole seconds, such as wait=30".into(),
-                )
-            })?;
+        if !name.trim().eq_ignore_ascii_case("wait") {
+            continue;
+        }
+        // RFC 7240: a preference the server cannot understand is ignored, not an error.
+        if let Ok(seconds) = value.trim().trim_matches('"').parse::<u32>() {
             return Ok(Some(Wait {
                 duration: Duration::from_secs(u64::from(seconds)).min(max_wait),
                 from_prefer: true,
@@ -295,6 +295,7 @@ mod tests {
         assert_eq!(parse_timeout("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_timeout("3"), Some(Duration::from_secs(3)));
         assert_eq!(parse_timeout("1m"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_timeout("000000002s"), Some(Duration::from_secs(2)));
         for bad in ["", "s", "1.5s", "-1s", "1h", "1 s", "1234567890s", "2sec"] {
             assert_eq!(parse_timeout(bad), None, "{bad}");
         }

@@ -1,0 +1,140 @@
+# shellcheck shell=bash
+# Helpers shared by bench/cache_hit.sh and bench/scenarios.sh. Source it; do not run it.
+# The including script sets LOG_TAG and WORK (a temp dir) and installs `trap cleanup EXIT`.
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(dirname "$BENCH_DIR")
+# shellcheck disable=SC2034 # used by the including scripts
+RESULTS_DIR="$BENCH_DIR/results"
+# shellcheck disable=SC2034
+TASKGATE_BIN="$REPO_DIR/target/release/taskgate"
+BUILD_RETRIES=${BUILD_RETRIES:-4}
+SKIP_BUILD=${SKIP_BUILD:-0}
+PIDS=()
+
+log() { printf '[%s] %s\n' "${LOG_TAG:-bench}" "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+# "10s", "2m", "1h" or a plain number of seconds -> whole seconds.
+to_secs() {
+    local value=$1 number unit
+    number=${value%[smh]}
+    unit=${value#"$number"}
+    [[ $number =~ ^[0-9]+$ ]] || die "bad duration '$value' (write 10s, 2m or 1h)"
+    case $unit in
+        '' | s) echo "$number" ;;
+        m) echo $((number * 60)) ;;
+        h) echo $((number * 3600)) ;;
+    esac
+}
+
+# Stops one process we started: TERM, up to 5 s of grace, then KILL.
+stop_pid() {
+    local pid=$1 i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+# Stops the most recently started process and forgets it.
+stop_last() {
+    local last=$((${#PIDS[@]} - 1))
+    ((last >= 0)) || return 0
+    stop_pid "${PIDS[$last]}"
+    unset "PIDS[$last]"
+    PIDS=("${PIDS[@]}")
+}
+
+# EXIT trap: stops everything we started, newest first, and removes the temp dir.
+cleanup() {
+    while ((${#PIDS[@]} > 0)); do
+        stop_last
+    done
+    if [[ -n ${WORK:-} && -d $WORK ]]; then
+        rm -rf "$WORK"
+    fi
+}
+
+free_port() {
+    python3 -c 'import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+s.close()'
+}
+
+# Waits (at most 10 s) until URL answers anything over HTTP; fails early if PID dies.
+wait_http() {
+    local pid=$1 url=$2 i
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        if curl -s -o /dev/null --max-time 1 "$url"; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+
+# cargo build --release of one manifest, retried a minute apart: src/ may be mid-edit.
+build_release() {
+    local manifest=$1 attempt
+    for ((attempt = 1; attempt <= BUILD_RETRIES; attempt++)); do
+        log "cargo build --release --manifest-path $manifest (attempt $attempt of $BUILD_RETRIES)"
+        if cargo build --release --manifest-path "$manifest" >"$WORK/build.log" 2>&1; then
+            return 0
+        fi
+        tail -n 20 "$WORK/build.log" >&2
+        if ((attempt < BUILD_RETRIES)); then
+            log "build failed; retrying in 60 s"
+            sleep 60
+        fi
+    done
+    die "cargo build failed for $manifest"
+}
+
+# One line describing what was measured, for the results file.
+describe_build() {
+    local commit
+    commit=$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    if [[ -n $(git -C "$REPO_DIR" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]]; then
+        commit="$commit + uncommitted changes in src/"
+    fi
+    if [[ $SKIP_BUILD == 1 ]]; then
+        echo "taskgate release binary built $(date -u -r "$TASKGATE_BIN" '+%Y-%m-%d %H:%M UTC')" \
+            "(SKIP_BUILD=1; the work tree is now at $commit)"
+    else
+        echo "taskgate $commit (release build)"
+    fi
+}
+
+# Percent of all cores busy over one second: other work on this machine skews every number.
+cpu_busy_pct() {
+    local a b
+    a=$(head -n1 /proc/stat)
+    sleep 1
+    b=$(head -n1 /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN {
+        n = split(a, x, " "); split(b, y, " ")
+        for (i = 2; i <= n; i++) { total += y[i] - x[i]; if (i == 5 || i == 6) idle += y[i] - x[i] }
+        printf "%d", (total > 0) ? 100 * (total - idle) / total : 0
+    }'
+}
+
+# Host line for the results file; warns when the machine is not idle.
+describe_host() {
+    local cpu busy
+    cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+    busy=$(cpu_busy_pct)
+    if ((busy > 15)); then
+        log "warning: the machine is ${busy}% busy before the run; numbers will be low and noisy"
+    fi
+    echo "${cpu:-unknown CPU}, $(nproc) cores, Linux $(uname -r); ${busy}% CPU busy just before the run"
+}
