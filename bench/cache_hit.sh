@@ -193,10 +193,14 @@ bench_taskgate "taskgate" RUST_LOG=info
 bench_taskgate "taskgate, access log off" RUST_LOG=warn TASKGATE_ACCESS_LOG=false
 
 # ---------------------------------------------------------------------------------------------
-# 2. nginx proxy_cache HIT of the same bytes.
+# 2. nginx proxy_cache HIT of the same bytes: once with access_log off, once logging every
+#    request as taskgate does (buffered, as a tuned production nginx would).
+bench_nginx() {
+local label=$1 access_log=$2
 NGX_PORT=$(free_port)
 ORIGIN_PORT=$(free_port)
-NGX="$WORK/nginx"
+NGX="$WORK/nginx-$NGX_PORT"
+access_log=${access_log//@LOGS@/$NGX/logs}
 mkdir -p "$NGX/www/tasks" "$NGX/cache" "$NGX/tmp" "$NGX/logs"
 cp "$WORK/body.json" "$NGX/www/tasks/$FLOW_ID"
 cat >"$NGX/nginx.conf" <<EOF
@@ -214,7 +218,7 @@ events {
 }
 
 http {
-    access_log off;
+    access_log $access_log;
     client_body_temp_path $NGX/tmp/body;
     proxy_temp_path $NGX/tmp/proxy;
     fastcgi_temp_path $NGX/tmp/fastcgi;
@@ -284,8 +288,11 @@ done
 [[ $status == HIT ]] || die "nginx proxy_cache did not HIT (X-Cache-Status: ${status:-none})"
 cmp -s "$WORK/body.json" "$WORK/nginx-body.json" || die "nginx serves different bytes"
 log "nginx: X-Cache-Status: HIT with identical body"
-run_wrk "nginx proxy_cache HIT" "$NGX_URL" "${PIDS[-1]}"
+run_wrk "$label" "$NGX_URL" "${PIDS[-1]}"
 stop_last
+}
+bench_nginx "nginx proxy_cache HIT" "off"
+bench_nginx "nginx proxy_cache HIT, access log on" "@LOGS@/access.log combined buffer=64k flush=1s"
 
 # ---------------------------------------------------------------------------------------------
 # 3. bare actix-web handler returning the same bytes.
