@@ -6,7 +6,7 @@
 //! metrics, appears in access logs and picks the caller's queue for its fair share of the budget.
 //! The file is re-read when it changes; a broken new file keeps the old tokens and counts an error.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -86,26 +86,7 @@ impl CallerTokens {
 }
 
 /// The tokens in force, swapped whole on reload.
-#[derive(Debug, Default)]
-pub struct CallerRegistry {
-    current: RwLock<Arc<CallerTokens>>,
-}
-
-impl CallerRegistry {
-    pub fn new(tokens: CallerTokens) -> Self {
-        Self {
-            current: RwLock::new(Arc::new(tokens)),
-        }
-    }
-
-    pub fn current(&self) -> Arc<CallerTokens> {
-        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    pub fn replace(&self, tokens: CallerTokens) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tokens);
-    }
-}
+pub type CallerRegistry = crate::swap::Swap<CallerTokens>;
 
 /// The token of an `Authorization: Bearer <token>` header value.
 pub fn bearer_token(header: &str) -> Option<&str> {

@@ -2,11 +2,10 @@
 //!
 //! Secrets never reach a log, a metric, an error body or a panic message: the newtypes below print
 //! `[redacted]`, and the only way to the raw value is `expose()`, called by the signer alone.
-//! The store hands out `Arc<Credentials>`, so id, key and token of one request always come from the
-//! same generation even while a rotation swaps in the next.
+//! The store (`Swap`) hands out `Arc<Credentials>`, so id, key and token of one request always come
+//! from the same generation even while a rotation swaps in the next.
 
 use std::fmt;
-use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 /// The public half of an API key (`AKID…`). Not a secret as such, but printed only as a prefix, so
@@ -167,38 +166,16 @@ impl Credentials {
     }
 }
 
-/// Shared, swappable credentials. Readers take an `Arc` of the current generation; a rotation
-/// replaces it in one step, so no request ever mixes an old id with a new key.
-#[derive(Debug)]
-pub struct CredentialStore {
-    current: RwLock<Arc<Credentials>>,
-}
+/// Shared, swappable credentials: every request signs with one whole generation.
+pub type CredentialStore = crate::swap::Swap<Credentials>;
 
-impl CredentialStore {
-    pub fn new(credentials: Credentials) -> Self {
-        Self {
-            current: RwLock::new(Arc::new(credentials)),
-        }
-    }
-
-    pub fn current(&self) -> Arc<Credentials> {
-        // A poisoned lock still holds a whole generation (the swap is a single assignment).
-        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// Seconds until the current credentials expire (negative once expired); None for
-    /// long-term keys.
+impl Credentials {
+    /// Seconds until these credentials expire (negative once expired); None for long-term keys.
     pub fn seconds_to_expiry(&self, now: SystemTime) -> Option<f64> {
-        self.current()
-            .expires_at
-            .map(|at| match at.duration_since(now) {
-                Ok(left) => left.as_secs_f64(),
-                Err(past) => -past.duration().as_secs_f64(),
-            })
-    }
-
-    pub fn replace(&self, credentials: Credentials) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(credentials);
+        self.expires_at.map(|at| match at.duration_since(now) {
+            Ok(left) => left.as_secs_f64(),
+            Err(past) => -past.duration().as_secs_f64(),
+        })
     }
 }
 

@@ -23,6 +23,7 @@
 //! - `logging`: text or JSON log lines, written off the request path
 //! - `shared`: shared mode through Redis: one budget, one cache, one lookup per task
 //! - `demo`: the embedded simulated upstream behind `--demo`
+//! - `swap`: values replaced whole while requests read them (credentials, caller tokens)
 //! - `clock`: the seam for time; `civil`: calendar arithmetic without a clock
 
 pub mod board;
@@ -49,6 +50,7 @@ pub mod shared;
 pub mod signing;
 pub mod startup;
 pub mod state;
+pub mod swap;
 pub mod task;
 pub mod upstream;
 pub mod waits;

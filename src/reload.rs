@@ -5,16 +5,49 @@
 //! costs one small read. A change takes effect within about a second.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::metrics::Metrics;
+
 /// How often watched files are read.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Re-reads the file at `path` when it changes, parses it, and applies what parses; a file that
+/// does not parse leaves what is in force and is counted (`taskgate_file_reloads_total`) and
+/// logged, by `file` (its label) and path, never by content.
+pub fn watch_parsed<T: 'static>(
+    path: PathBuf,
+    initial: &str,
+    file: &'static str,
+    metrics: Arc<Metrics>,
+    parse: fn(&str) -> Result<T, String>,
+    apply: impl Fn(T) + 'static,
+) {
+    let shown = path.display().to_string();
+    watch(path, initial, move |contents| match parse(&contents) {
+        Ok(value) => {
+            apply(value);
+            log::info!("{file}: reloaded {shown}");
+            metrics.file_reloads.with_label_values(&[file, "ok"]).inc();
+        }
+        Err(error) => {
+            log::error!(
+                "{file}: {shown} changed but cannot be used ({error}); keeping what is in force"
+            );
+            metrics
+                .file_reloads
+                .with_label_values(&[file, "error"])
+                .inc();
+        }
+    });
+}
+
 /// Calls `on_change` with the new contents whenever the file at `path` changes (not for the
-/// contents it has now, which the caller has already loaded). Stops when `on_change` says so.
-pub fn watch(path: PathBuf, initial: &str, mut on_change: impl FnMut(String) -> bool + 'static) {
+/// contents it has now, which the caller has already loaded).
+fn watch(path: PathBuf, initial: &str, on_change: impl Fn(String) + 'static) {
     let mut seen: [u8; 32] = Sha256::digest(initial.as_bytes()).into();
     actix_rt::spawn(async move {
         loop {
@@ -26,9 +59,7 @@ pub fn watch(path: PathBuf, initial: &str, mut on_change: impl FnMut(String) -> 
             let digest: [u8; 32] = Sha256::digest(contents.as_bytes()).into();
             if digest != seen {
                 seen = digest;
-                if !on_change(contents) {
-                    return;
-                }
+                on_change(contents);
             }
         }
     });

@@ -23,8 +23,8 @@ use crate::config::{Config, ConfigError};
 use crate::credentials::CredentialStore;
 use crate::demo::DemoUpstream;
 use crate::lookup::{LookupParts, LookupService};
-use crate::metrics::Metrics;
 use crate::observe;
+use crate::reload;
 use crate::resilience::{BreakerConfig, Resilience, RetryBudgetConfig};
 use crate::routes;
 use crate::shared::flight::Flight;
@@ -121,24 +121,38 @@ impl Application {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let credentials = Arc::new(CredentialStore::new(credentials));
         if let (Some(path), Some(text)) = (&config.credentials_file, &credentials_text) {
-            watch_credentials(
+            let store = Arc::clone(&credentials);
+            reload::watch_parsed(
                 path.clone(),
                 text,
-                Arc::clone(&credentials),
+                "credentials",
                 Arc::clone(&metrics),
+                crate::credentials_file::parse,
+                move |next| {
+                    log::info!("credentials: now signing with secret id {}", next.secret_id);
+                    store.replace(next);
+                },
             );
         }
         let callers = callers.map(|(registry, text)| {
-            if let Some(path) = &config.caller_tokens_file {
-                watch_callers(
-                    path.clone(),
-                    &text,
-                    Arc::clone(&registry),
-                    Arc::clone(&metrics),
-                );
-            }
             for name in registry.current().names() {
                 metrics.caller_requests.with_label_values(&[name]);
+            }
+            if let Some(path) = &config.caller_tokens_file {
+                let (in_force, labels) = (Arc::clone(&registry), Arc::clone(&metrics));
+                reload::watch_parsed(
+                    path.clone(),
+                    &text,
+                    "caller_tokens",
+                    Arc::clone(&metrics),
+                    CallerTokens::parse,
+                    move |next| {
+                        for name in next.names() {
+                            labels.caller_requests.with_label_values(&[name]);
+                        }
+                        in_force.replace(next);
+                    },
+                );
             }
             registry
         });
@@ -342,72 +356,4 @@ impl Application {
         }
         result
     }
-}
-
-/// Re-reads the credentials file when it changes; a broken file keeps the credentials in force.
-fn watch_credentials(
-    path: std::path::PathBuf,
-    text: &str,
-    store: Arc<CredentialStore>,
-    metrics: Arc<Metrics>,
-) {
-    let shown = path.display().to_string();
-    crate::reload::watch(path, text, move |contents| {
-        match crate::credentials_file::parse(&contents) {
-            Ok(credentials) => {
-                log::info!(
-                    "credentials reloaded from {shown} (secret id {})",
-                    credentials.secret_id
-                );
-                store.replace(credentials);
-                metrics
-                    .file_reloads
-                    .with_label_values(&["credentials", "ok"])
-                    .inc();
-            }
-            Err(error) => {
-                log::error!("{shown} changed but cannot be used ({error}); keeping the credentials in force");
-                metrics
-                    .file_reloads
-                    .with_label_values(&["credentials", "error"])
-                    .inc();
-            }
-        }
-        true
-    });
-}
-
-/// Re-reads the caller tokens file when it changes; a broken file keeps the tokens in force.
-fn watch_callers(
-    path: std::path::PathBuf,
-    text: &str,
-    registry: Arc<CallerRegistry>,
-    metrics: Arc<Metrics>,
-) {
-    let shown = path.display().to_string();
-    crate::reload::watch(path, text, move |contents| {
-        match CallerTokens::parse(&contents) {
-            Ok(tokens) => {
-                for name in tokens.names() {
-                    metrics.caller_requests.with_label_values(&[name]);
-                }
-                log::info!("caller tokens reloaded from {shown}");
-                registry.replace(tokens);
-                metrics
-                    .file_reloads
-                    .with_label_values(&["caller_tokens", "ok"])
-                    .inc();
-            }
-            Err(error) => {
-                log::error!(
-                    "{shown} changed but cannot be used ({error}); keeping the tokens in force"
-                );
-                metrics
-                    .file_reloads
-                    .with_label_values(&["caller_tokens", "error"])
-                    .inc();
-            }
-        }
-        true
-    });
 }

@@ -57,6 +57,7 @@ impl AppState {
     pub async fn refresh_gauges(&self) {
         self.metrics.credentials_expiry.set(
             self.credentials
+                .current()
                 .seconds_to_expiry(SystemTime::now())
                 .unwrap_or(f64::INFINITY),
         );
@@ -78,6 +79,7 @@ impl AppState {
         }
         if self
             .credentials
+            .current()
             .seconds_to_expiry(SystemTime::now())
             .is_some_and(|left| left <= 0.0)
         {

@@ -172,3 +172,42 @@ impl Drop for Process {
         let _ = self.child.wait();
     }
 }
+
+/// Sends SIGTERM, as Kubernetes and systemd do.
+pub fn sigterm(process: &Process) {
+    let pid = process.child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success(), "kill -TERM {pid}");
+}
+
+/// Waits for the process to exit and returns its exit code.
+pub async fn exit_code(mut process: Process) -> Option<i32> {
+    actix_rt::task::spawn_blocking(move || process.child.wait().unwrap().code())
+        .await
+        .unwrap()
+}
+
+/// One replica of a shared-mode deployment (fake upstream, Redis at `redis_url`, key `prefix`).
+pub fn spawn_replica(
+    fake: &FakeUpstream,
+    redis_url: &str,
+    prefix: &str,
+    extra: &[&str],
+) -> Process {
+    let mut args = vec![
+        "--upstream-endpoint",
+        &fake.url,
+        "--redis-url",
+        redis_url,
+        "--redis-prefix",
+        prefix,
+    ];
+    args.extend_from_slice(extra);
+    spawn_process(
+        &args,
+        &[
+            ("TENCENTCLOUD_SECRET_ID", FAKE_SECRET_ID),
+            ("TENCENTCLOUD_SECRET_KEY", FAKE_SECRET_KEY),
+        ],
+    )
+}

@@ -1,11 +1,10 @@
 //! Lifecycle and observability as an operator sees them, on the real binary: graceful shutdown,
 //! request ids end to end, JSON log lines.
 
-use std::process::Command;
 use std::time::Duration;
 
 use crate::fake_upstream::{FakeUpstream, Reply, FAKE_SECRET_ID, FAKE_SECRET_KEY};
-use crate::helpers::{client, spawn_app, spawn_process};
+use crate::helpers::{client, exit_code, sigterm, spawn_app, spawn_process};
 
 fn credentials() -> [(&'static str, &'static str); 2] {
     [
@@ -21,7 +20,7 @@ async fn sigterm_flips_readiness_drains_finishes_in_flight_work_and_exits_0() {
         1,
         Reply::Delay(Duration::from_millis(1_500), Box::new(Reply::Task(1))),
     );
-    let mut process = spawn_process(
+    let process = spawn_process(
         &[
             "--upstream-endpoint",
             &fake.url,
@@ -49,12 +48,7 @@ async fn sigterm_flips_readiness_drains_finishes_in_flight_work_and_exits_0() {
     while fake.calls_for(1) == 0 {
         actix_rt::time::sleep(Duration::from_millis(5)).await;
     }
-    let pid = process.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    sigterm(&process);
 
     // Readiness turns 503 at once; the listener still serves during the drain delay.
     let mut readiness = 200;
@@ -79,10 +73,7 @@ async fn sigterm_flips_readiness_drains_finishes_in_flight_work_and_exits_0() {
     assert_eq!(status, 200, "the request in flight completed");
     assert!(String::from_utf8_lossy(&body).contains("succeeded"));
 
-    let exit = actix_rt::task::spawn_blocking(move || process.child.wait().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(exit.code(), Some(0));
+    assert_eq!(exit_code(process).await, Some(0));
 }
 
 #[actix_rt::test]

@@ -4,36 +4,17 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 
-use crate::fake_upstream::{FakeUpstream, Reply, FAKE_SECRET_ID, FAKE_SECRET_KEY};
-use crate::helpers::{client, spawn_process, Process};
+use crate::fake_upstream::{FakeUpstream, Reply};
+use crate::helpers::{client, spawn_replica, Process};
 use crate::redis_server::RedisServer;
 
 fn replicas(fake: &FakeUpstream, redis: &RedisServer, extra: &[&str]) -> Vec<Process> {
     let url = redis.url();
     let prefix = format!("test{}:", fastrand::u32(..));
+    let mut args = vec!["--expected-replicas", "3", "--access-log", "false"];
+    args.extend_from_slice(extra);
     (0..3)
-        .map(|_| {
-            let mut args = vec![
-                "--upstream-endpoint",
-                &fake.url,
-                "--redis-url",
-                &url,
-                "--redis-prefix",
-                &prefix,
-                "--expected-replicas",
-                "3",
-                "--access-log",
-                "false",
-            ];
-            args.extend_from_slice(extra);
-            spawn_process(
-                &args,
-                &[
-                    ("TENCENTCLOUD_SECRET_ID", FAKE_SECRET_ID),
-                    ("TENCENTCLOUD_SECRET_KEY", FAKE_SECRET_KEY),
-                ],
-            )
-        })
+        .map(|_| spawn_replica(fake, &url, &prefix, &args))
         .collect()
 }
 

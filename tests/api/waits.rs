@@ -1,13 +1,12 @@
 //! Long polls: `?wait=` and `Prefer: wait`, one poller per task, bounded, answered on shutdown.
 
-use std::process::Command;
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use tokio::time::Instant;
 
 use crate::fake_upstream::{FakeUpstream, Reply, FAKE_SECRET_ID, FAKE_SECRET_KEY};
-use crate::helpers::{client, spawn_app_with, spawn_process};
+use crate::helpers::{client, exit_code, sigterm, spawn_app_with, spawn_process, spawn_replica};
 use crate::redis_server::RedisServer;
 
 fn processing_then_done(polls: usize) -> Reply {
@@ -159,7 +158,7 @@ async fn final_tasks_answer_at_once_and_waiters_are_bounded() {
 async fn sigterm_answers_every_waiter_at_once() {
     let fake = FakeUpstream::start();
     fake.script(6, Reply::Task(0));
-    let mut process = spawn_process(
+    let process = spawn_process(
         &[
             "--upstream-endpoint",
             &fake.url,
@@ -195,12 +194,7 @@ async fn sigterm_answers_every_waiter_at_once() {
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
     let signalled = Instant::now();
-    let pid = process.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    sigterm(&process);
 
     for waiter in join_all(waiters).await {
         let (status, body, at) = waiter.unwrap();
@@ -212,10 +206,7 @@ async fn sigterm_answers_every_waiter_at_once() {
             "answered {after:?} after SIGTERM, not after the drain"
         );
     }
-    let exit = actix_rt::task::spawn_blocking(move || process.child.wait().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(exit.code(), Some(0));
+    assert_eq!(exit_code(process).await, Some(0));
 }
 
 #[actix_rt::test]
@@ -228,24 +219,7 @@ async fn waiters_on_two_replicas_share_one_poller() {
     let url = redis.url();
     let prefix = format!("waits{}:", fastrand::u32(..));
     let replicas: Vec<_> = (0..2)
-        .map(|_| {
-            spawn_process(
-                &[
-                    "--upstream-endpoint",
-                    &fake.url,
-                    "--redis-url",
-                    &url,
-                    "--redis-prefix",
-                    &prefix,
-                    "--processing-ttl",
-                    "300ms",
-                ],
-                &[
-                    ("TENCENTCLOUD_SECRET_ID", FAKE_SECRET_ID),
-                    ("TENCENTCLOUD_SECRET_KEY", FAKE_SECRET_KEY),
-                ],
-            )
-        })
+        .map(|_| spawn_replica(&fake, &url, &prefix, &["--processing-ttl", "300ms"]))
         .collect();
     let client = client();
 
