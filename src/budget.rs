@@ -104,12 +104,17 @@ impl BudgetState {
         self.try_take_capped(now, None)
     }
 
+    /// The limit in force under an optional `cap` (the local share while Redis is down).
+    fn capped_limit(&self, now: Instant, cap: Option<u32>) -> u32 {
+        cap.map_or(self.effective_limit(now), |cap| {
+            cap.min(self.effective_limit(now))
+        })
+    }
+
     /// Takes a slot if one is free now under the effective limit and `cap` (the local share
     /// while Redis is down).
     pub fn try_take_capped(&mut self, now: Instant, cap: Option<u32>) -> bool {
-        let limit = cap.map_or(self.effective_limit(now), |cap| {
-            cap.min(self.effective_limit(now))
-        });
+        let limit = self.capped_limit(now, cap);
         if self.used(now) < limit as usize {
             self.in_flight += 1;
             true
@@ -144,9 +149,10 @@ impl BudgetState {
         self.reduced = Some((halved, now));
     }
 
-    /// When the next slot frees up, if none is free now.
-    pub fn next_free_at(&mut self, now: Instant) -> Option<Instant> {
-        if self.used(now) < self.effective_limit(now) as usize {
+    /// When the next slot may free up under `cap` (now, if one is free). None when every slot
+    /// is in flight: a release will say so.
+    pub fn next_free_at(&mut self, now: Instant, cap: Option<u32>) -> Option<Instant> {
+        if self.used(now) < self.capped_limit(now, cap) as usize {
             return Some(now);
         }
         let cooling = self.cooling.front().copied();
@@ -358,7 +364,7 @@ impl Budget {
         } else {
             let at = shared
                 .state
-                .next_free_at(now)
+                .next_free_at(now, cap)
                 .unwrap_or(now + self.config.window);
             Take::WaitUntil(at.max(now))
         }
@@ -568,10 +574,28 @@ mod tests {
         }
         assert!(!state.try_take(t0 + Duration::from_millis(1_000)));
         assert_eq!(
-            state.next_free_at(t0 + Duration::from_millis(1_000)),
+            state.next_free_at(t0 + Duration::from_millis(1_000), None),
             Some(answered + Duration::from_millis(1_050))
         );
         assert!(state.try_take(answered + Duration::from_millis(1_050)));
+    }
+
+    #[test]
+    fn a_cap_below_the_limit_is_waited_out_not_spun_on() {
+        let t0 = Instant::now();
+        let mut state = BudgetState::new(config(20));
+        for _ in 0..6 {
+            assert!(state.try_take_capped(t0, Some(6)));
+        }
+        assert!(!state.try_take_capped(t0, Some(6)));
+        // All six in flight: nothing frees until a release (which wakes the dispatcher).
+        assert_eq!(state.next_free_at(t0, Some(6)), None);
+        state.release(t0);
+        let next = state.next_free_at(t0, Some(6)).unwrap();
+        assert!(
+            next > t0,
+            "a future instant, never 'now' while the cap is full"
+        );
     }
 
     #[test]

@@ -133,32 +133,41 @@ impl LookupService {
             CacheLookup::Stale(answer) => Some(answer),
             CacheLookup::Miss => None,
         };
-        let result = self.fetch_or_join(client, flow_id, now, context).await;
-        match (result, stale) {
+        let (result, role) = self.fetch_or_join(client, flow_id, now, context).await;
+        let result = match (result, stale) {
             // The refresh failed on the upstream's side: the last known status beats an error.
             (Err(error), Some(stale))
                 if error.status().is_server_error()
                     && !stale.usable(inner.clock.now()).is_zero() =>
             {
                 log::debug!("serving a stale processing status: {error}");
-                inner.metrics.cache_lookups_stale.inc();
                 Ok(Lookup {
                     answer: stale,
                     served: Served::Stale,
                 })
             }
             (result, _) => result,
+        };
+        // Counted once, by how the caller was finally served (a failed lookup by its role).
+        let served = result.as_ref().map_or(role, |found| found.served);
+        match served {
+            Served::Hit => inner.metrics.cache_lookups_hit.inc(),
+            Served::Miss => inner.metrics.cache_lookups_miss.inc(),
+            Served::Shared => inner.metrics.cache_lookups_shared.inc(),
+            Served::Stale => inner.metrics.cache_lookups_stale.inc(),
         }
+        result
     }
 
     /// Leads a fetch for this flow id or joins the one under way, and waits for its result.
+    /// Also says which it was (`Miss` for the leader, `Shared` for a follower).
     async fn fetch_or_join(
         &self,
         client: &UpstreamClient,
         flow_id: FlowId,
         now: Instant,
         context: &LookupContext,
-    ) -> Result<Lookup, ApiError> {
+    ) -> (Result<Lookup, ApiError>, Served) {
         let deadline = context.deadline;
         let inner = &self.inner;
         match inner.in_flight.join(flow_id) {
@@ -186,25 +195,21 @@ impl LookupService {
                     }) => Served::Shared,
                     _ => Served::Miss,
                 };
-                match served {
-                    Served::Hit => inner.metrics.cache_lookups_hit.inc(),
-                    Served::Shared => inner.metrics.cache_lookups_shared.inc(),
-                    Served::Miss | Served::Stale => inner.metrics.cache_lookups_miss.inc(),
-                }
-                Ok(Lookup {
-                    answer: result?.answer,
+                let found = result.map(|fetched| Lookup {
+                    answer: fetched.answer,
                     served,
-                })
+                });
+                (found, Served::Miss)
             }
             Role::Follower(receiver) => {
-                inner.metrics.cache_lookups_shared.inc();
                 inner.metrics.coalesced_waiters.inc();
                 let result = wait_for(receiver, deadline).await;
                 inner.metrics.coalesced_waiters.dec();
-                Ok(Lookup {
-                    answer: result?.answer,
+                let found = result.map(|fetched| Lookup {
+                    answer: fetched.answer,
                     served: Served::Shared,
-                })
+                });
+                (found, Served::Shared)
             }
         }
     }

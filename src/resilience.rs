@@ -161,7 +161,10 @@ impl Breaker {
             Circuit::Closed { failures } => Circuit::Closed {
                 failures: failures + 1,
             },
-            Circuit::HalfOpen { open_for, .. } | Circuit::Open { open_for, .. } => {
+            // Calls already under way when the circuit opened fail too: that says nothing new.
+            open @ Circuit::Open { .. } => open,
+            // The probe failed: stay away twice as long.
+            Circuit::HalfOpen { open_for, .. } => {
                 let open_for = (open_for * 2).min(self.config.max_open_for);
                 Circuit::Open {
                     until: now + open_for,
@@ -290,6 +293,16 @@ mod tests {
         breaker.failed(t0);
         assert_eq!(
             breaker.admit(t0),
+            Admission::Rejected {
+                until: t0 + Duration::from_secs(2)
+            }
+        );
+        // Calls that were already under way fail too; they do not lengthen the open time.
+        for _ in 0..20 {
+            breaker.failed(t0 + Duration::from_millis(500));
+        }
+        assert_eq!(
+            breaker.admit(t0 + Duration::from_millis(600)),
             Admission::Rejected {
                 until: t0 + Duration::from_secs(2)
             }
