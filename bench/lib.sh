@@ -1,6 +1,6 @@
 # shellcheck shell=bash
-# Helpers shared by bench/cache_hit.sh and bench/scenarios.sh. Source it; do not run it.
-# The including script sets LOG_TAG and WORK (a temp dir) and installs `trap cleanup EXIT`.
+# Helpers shared by bench/cache_hit.sh, bench/scenarios.sh and bench/soak.sh. Source it; do not
+# run it. The including script sets LOG_TAG and WORK (a temp dir) and installs `trap cleanup EXIT`.
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(dirname "$BENCH_DIR")
@@ -137,4 +137,69 @@ describe_host() {
         log "warning: the machine is ${busy}% busy before the run; numbers will be low and noisy"
     fi
     echo "${cpu:-unknown CPU}, $(nproc) cores, Linux $(uname -r); ${busy}% CPU busy just before the run"
+}
+
+# start_fake NAME [FAKE FLAGS...]: starts bench/fake_upstream.py on a free loopback port (it
+# stops by itself after 300 s unless the flags say --max-seconds otherwise); sets FAKE_PORT.
+start_fake() {
+    local name=$1 port_file="$WORK/$1.fake-port" i
+    shift
+    python3 "$BENCH_DIR/fake_upstream.py" --port 0 --port-file "$port_file" --max-seconds 300 \
+        "$@" >"$WORK/$name.fake.log" 2>&1 &
+    PIDS+=("$!")
+    for ((i = 0; i < 100; i++)); do
+        [[ -s $port_file ]] && break
+        kill -0 "${PIDS[-1]}" 2>/dev/null || break
+        sleep 0.05
+    done
+    [[ -s $port_file ]] || {
+        cat "$WORK/$name.fake.log" >&2
+        die "$name: the fake upstream did not start"
+    }
+    # shellcheck disable=SC2034 # used by the including scripts
+    FAKE_PORT=$(<"$port_file")
+}
+
+# start_taskgate NAME FAKE_PORT [TASKGATE FLAGS...]: starts taskgate on a free loopback port
+# against the fake (bench credentials, no TLS on loopback); sets TG_PORT and TG_PID.
+start_taskgate() {
+    local name=$1 fake_port=$2
+    shift 2
+    TG_PORT=$(free_port)
+    RUST_LOG=${RUST_LOG:-error} "$TASKGATE_BIN" --listen "127.0.0.1:$TG_PORT" \
+        --upstream-endpoint "http://127.0.0.1:$fake_port" \
+        --secret-id AKIDbenchFAKE --secret-key benchFAKEkey "$@" \
+        >"$WORK/$name.taskgate.log" 2>&1 &
+    TG_PID=$!
+    PIDS+=("$TG_PID")
+    wait_http "$TG_PID" "http://127.0.0.1:$TG_PORT/healthz" || {
+        cat "$WORK/$name.taskgate.log" >&2
+        die "$name: taskgate did not start"
+    }
+}
+
+# start_redis NAME: starts a throwaway redis-server on a free loopback port (no persistence);
+# sets REDIS_PORT.
+start_redis() {
+    local name=$1 i
+    command -v redis-server >/dev/null || die "redis-server is missing (apt-get install redis-server)"
+    REDIS_PORT=$(free_port)
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+        --daemonize no >"$WORK/$name.redis.log" 2>&1 &
+    PIDS+=("$!")
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "${PIDS[-1]}" 2>/dev/null || break
+        if [[ $(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    cat "$WORK/$name.redis.log" >&2
+    die "$name: redis-server did not start"
+}
+
+# fake_control PORT JSON: changes the fake upstream's settings at run time (POST /control).
+fake_control() {
+    curl -fsS --max-time 5 -H 'Content-Type: application/json' --data "$2" \
+        "http://127.0.0.1:$1/control" >/dev/null || die "POST /control $2 failed"
 }
