@@ -148,7 +148,7 @@ pub struct Config {
     #[arg(long, env = "TASKGATE_BREAKER_FAILURES", default_value = "5", value_parser = parse_rate_limit)]
     pub breaker_failures: u32,
 
-    /// How long the circuit stays open before one probe call (doubling on failure, up to 60s).
+    /// How long the circuit stays open before one probe call (doubling on failure, up to 30s).
     #[arg(long, env = "TASKGATE_BREAKER_OPEN", default_value = "5s", value_parser = parse_positive_duration)]
     pub breaker_open: Duration,
 

@@ -233,10 +233,14 @@ fn render(state: &AppState, found: &Lookup, now: Instant) -> HttpResponse {
     let answer = &found.answer;
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
     let mut response = HttpResponse::build(status);
-    response.insert_header((header::CONTENT_TYPE, answer.content_type));
+    // Static and pre-built header values: a cache hit copies no header bytes.
+    response.insert_header((
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(answer.content_type),
+    ));
     match answer.kind {
         AnswerKind::Final => {
-            response.insert_header((header::CACHE_CONTROL, state.final_cache_control.as_str()))
+            response.insert_header((header::CACHE_CONTROL, state.final_cache_control.clone()))
         }
         AnswerKind::Processing | AnswerKind::NotFound => response.insert_header((
             header::CACHE_CONTROL,
@@ -253,7 +257,10 @@ fn render(state: &AppState, found: &Lookup, now: Instant) -> HttpResponse {
     }
     response
         .insert_header((header::AGE, answer.age_secs(now)))
-        .insert_header(("x-cache", found.served.as_str()))
+        .insert_header((
+            header::HeaderName::from_static("x-cache"),
+            header::HeaderValue::from_static(found.served.as_str()),
+        ))
         .body(answer.body.clone())
 }
 

@@ -222,7 +222,7 @@ impl Application {
             BreakerConfig {
                 failures: config.breaker_failures,
                 open_for: config.breaker_open,
-                max_open_for: Duration::from_secs(60),
+                max_open_for: Duration::from_secs(30),
                 probe_timeout: config.max_queue_wait + config.upstream_timeout,
             },
             Arc::clone(&metrics),

@@ -20,7 +20,7 @@ pub struct AppState {
     pub cache: AnswerCache,
     pub request_timeout: Duration,
     /// `Cache-Control` of final answers, rendered once.
-    pub final_cache_control: String,
+    pub final_cache_control: actix_web::http::header::HeaderValue,
     /// Whether to write an access-log line per request.
     pub access_log: bool,
     draining: AtomicBool,
@@ -36,10 +36,11 @@ impl AppState {
         access_log: bool,
     ) -> Self {
         metrics.ready.set(1);
-        let final_cache_control = format!(
+        let final_cache_control = actix_web::http::header::HeaderValue::from_str(&format!(
             "public, max-age={}, immutable",
             cache.policy().final_ttl.as_secs()
-        );
+        ))
+        .expect("digits and ASCII words are a valid header value");
         Self {
             metrics,
             credentials,
