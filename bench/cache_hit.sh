@@ -50,17 +50,7 @@ if (($(nproc) < 2)); then
     log "warning: fewer than 2 cores; server and wrk will share a core"
 fi
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/taskgate-bench.XXXXXX")
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-if [[ $SKIP_BUILD != 1 ]]; then
-    # One build at a time: the machine has two cores.
-    build_release "$REPO_DIR/Cargo.toml"
-    build_release "$BARE_DIR/Cargo.toml"
-fi
-[[ -x $TASKGATE_BIN ]] || die "$TASKGATE_BIN is missing (run without SKIP_BUILD=1)"
+begin_run bench "$BARE_DIR/Cargo.toml"
 [[ -x $BARE_BIN ]] || die "$BARE_BIN is missing (run without SKIP_BUILD=1)"
 
 ROWS=()

@@ -203,3 +203,29 @@ fake_control() {
     curl -fsS --max-time 5 -H 'Content-Type: application/json' --data "$2" \
         "http://127.0.0.1:$1/control" >/dev/null || die "POST /control $2 failed"
 }
+
+# require_python: the scenario and soak drivers need Python 3.11+ (standard library only) and curl.
+require_python() {
+    command -v python3 >/dev/null || die "python3 (3.11+) is missing"
+    python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "python3 must be 3.11 or newer"
+    command -v curl >/dev/null || die "curl is missing"
+}
+
+# begin_run NAME [CARGO_TOML...]: a work folder in $WORK that is removed with every process this
+# run starts (on exit, Ctrl-C or TERM), and the release builds it needs unless SKIP_BUILD=1
+# (one build at a time: the machine has two cores).
+begin_run() {
+    local name=$1
+    shift
+    WORK=$(mktemp -d "${TMPDIR:-/tmp}/taskgate-$name.XXXXXX")
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    if [[ $SKIP_BUILD != 1 ]]; then
+        local manifest
+        for manifest in "$REPO_DIR/Cargo.toml" "$@"; do
+            build_release "$manifest"
+        done
+    fi
+    [[ -x $TASKGATE_BIN ]] || die "$TASKGATE_BIN is missing (run without SKIP_BUILD=1)"
+}

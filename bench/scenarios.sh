@@ -36,19 +36,8 @@ RESULT_FILE="$RESULTS_DIR/scenarios.md"
 SCENARIOS=${SCENARIOS:-herd storm saturation throttled replicas longpoll}
 DRIVE="$BENCH_DIR/drive.py"
 
-command -v python3 >/dev/null || die "python3 (3.11+) is missing"
-python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "python3 must be 3.11 or newer"
-command -v curl >/dev/null || die "curl is missing"
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/taskgate-scenarios.XXXXXX")
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-if [[ $SKIP_BUILD != 1 ]]; then
-    build_release "$REPO_DIR/Cargo.toml"
-fi
-[[ -x $TASKGATE_BIN ]] || die "$TASKGATE_BIN is missing (run without SKIP_BUILD=1)"
+require_python
+begin_run scenarios
 
 HOST_INFO=$(describe_host)
 RESULTS_JSONL="$WORK/results.jsonl"

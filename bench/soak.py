@@ -27,6 +27,8 @@ import sys
 import time
 from collections import Counter
 
+from drive import read_response  # the same HTTP/1.1 reader as the scenario driver
+
 MIB = 1024 * 1024
 PHASES = [  # (label, what the fake does, settings for POST /control)
     ("healthy", "healthy", {}),
@@ -54,18 +56,6 @@ def flow_ids(text: str) -> list[int]:
     return list(range(int(first), int(last) + 1)) if sep else [int(first)]
 
 
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if ":" in line:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0"))
-    body = await reader.readexactly(length) if length else b""
-    return status, headers, body
 
 
 async def http(host: str, port: int, method: str, path: str, body: bytes = b"",

@@ -34,19 +34,8 @@ if ! [[ $SOAK_RATE =~ ^[0-9]+$ ]] || ((SOAK_RATE < 1 || SOAK_RATE > 1000)); then
     die "SOAK_RATE must be a whole number of requests per second in 1..1000"
 fi
 
-command -v python3 >/dev/null || die "python3 (3.11+) is missing"
-python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "python3 must be 3.11 or newer"
-command -v curl >/dev/null || die "curl is missing"
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/taskgate-soak.XXXXXX")
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-if [[ $SKIP_BUILD != 1 ]]; then
-    build_release "$REPO_DIR/Cargo.toml"
-fi
-[[ -x $TASKGATE_BIN ]] || die "$TASKGATE_BIN is missing (run without SKIP_BUILD=1)"
+require_python
+begin_run soak
 
 HOST_INFO=$(describe_host)
 TG_FLAGS=(--upstream-timeout 1s --access-log false)
