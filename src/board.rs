@@ -47,29 +47,20 @@ impl AnswerBoard {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Listens for `flow_id`, starting from `current`. Returns whether this is the first waiter
-    /// (the one that should make sure a poller runs).
-    pub fn subscribe(
-        self: &Arc<Self>,
-        flow_id: FlowId,
-        current: Arc<Answer>,
-    ) -> (Subscription, bool) {
+    /// Listens for `flow_id`, starting from `current`.
+    pub fn subscribe(self: &Arc<Self>, flow_id: FlowId, current: Arc<Answer>) -> Subscription {
         let mut entries = self.lock();
-        let first = !entries.contains_key(&flow_id);
         let entry = entries.entry(flow_id).or_insert_with(|| Entry {
             sender: watch::channel(current).0,
             waiters: 0,
         });
         entry.waiters += 1;
         let receiver = entry.sender.subscribe();
-        (
-            Subscription {
-                board: Arc::clone(self),
-                flow_id,
-                receiver,
-            },
-            first,
-        )
+        Subscription {
+            board: Arc::clone(self),
+            flow_id,
+            receiver,
+        }
     }
 
     /// Posts a new answer for anyone waiting on `flow_id`.

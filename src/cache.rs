@@ -172,14 +172,6 @@ impl AnswerCache {
         &self.policy
     }
 
-    /// A still-fresh answer, if there is one.
-    pub async fn get(&self, flow_id: FlowId, now: Instant) -> Option<Arc<Answer>> {
-        match self.lookup(flow_id, now).await {
-            CacheLookup::Fresh(answer) => Some(answer),
-            _ => None,
-        }
-    }
-
     /// A fresh answer, or a stale one kept for stale-if-error, or nothing.
     pub async fn lookup(&self, flow_id: FlowId, now: Instant) -> CacheLookup {
         match self.entries.get(&flow_id).await {

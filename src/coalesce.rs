@@ -106,14 +106,6 @@ impl InFlight {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&flow_id);
     }
-
-    pub fn len(&self) -> usize {
-        self.fetches.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Waits for a fetch's result until `deadline`.

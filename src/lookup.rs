@@ -109,10 +109,6 @@ impl LookupService {
         self.inner.clock.as_ref()
     }
 
-    pub fn cache(&self) -> &AnswerCache {
-        &self.inner.cache
-    }
-
     /// Looks up one task, answering by `deadline` at the latest.
     pub async fn lookup(
         &self,

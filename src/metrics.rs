@@ -336,6 +336,7 @@ pub struct Metrics {
     pub signature_expired: IntCounter,
     pub clock_skew: Gauge,
     http_hot: HotHttpSeries,
+    pub log_lines_dropped: IntCounter,
     pub waiters: IntGauge,
     pub pollers: IntGauge,
     pub wait_duration: Histogram,
@@ -511,6 +512,11 @@ impl Metrics {
                 "Seconds until the temporary credentials in use expire (negative once expired; +Inf for long-term keys).",
             )
             .unwrap(),
+            log_lines_dropped: IntCounter::new(
+                "taskgate_log_lines_dropped_total",
+                "Log lines dropped because standard error could not keep up (16 MiB unwritten).",
+            )
+            .unwrap(),
             waiters: IntGauge::new(
                 "taskgate_waiters",
                 "Requests holding a long poll (?wait= or Prefer: wait) on a processing task.",
@@ -594,6 +600,8 @@ impl Metrics {
         r.register(Box::new(self.signature_expired.clone()))
             .unwrap();
         r.register(Box::new(self.clock_skew.clone())).unwrap();
+        r.register(Box::new(self.log_lines_dropped.clone()))
+            .unwrap();
         r.register(Box::new(self.waiters.clone())).unwrap();
         r.register(Box::new(self.pollers.clone())).unwrap();
         r.register(Box::new(self.wait_duration.clone())).unwrap();

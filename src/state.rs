@@ -56,6 +56,11 @@ impl AppState {
 
     /// Brings the gauges that are read rather than counted up to date (before a scrape).
     pub async fn refresh_gauges(&self) {
+        let dropped = crate::logging::dropped_lines();
+        let counted = self.metrics.log_lines_dropped.get();
+        self.metrics
+            .log_lines_dropped
+            .inc_by(dropped.saturating_sub(counted));
         self.metrics.credentials_expiry.set(
             self.credentials
                 .current()

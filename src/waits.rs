@@ -121,7 +121,7 @@ impl WaitService {
         let _counted = WaiterGuard(self);
         let started = Instant::now();
 
-        let (mut subscription, _) = self.board.subscribe(flow_id, Arc::clone(&first.answer));
+        let mut subscription = self.board.subscribe(flow_id, Arc::clone(&first.answer));
         self.ensure_poller(client, flow_id, caller);
         let mut shutdown = self.shutdown.subscribe();
         let ended = tokio::select! {

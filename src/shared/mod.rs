@@ -155,10 +155,6 @@ impl Redis {
         Ok(redis)
     }
 
-    pub fn config(&self) -> &SharedConfig {
-        &self.config
-    }
-
     pub fn replica_id(&self) -> &str {
         &self.replica_id
     }
@@ -272,12 +268,6 @@ impl Redis {
             Mode::Degraded => SharedMode::Degraded,
         };
         self.metrics.set_shared_mode(current);
-    }
-
-    /// Records the mode on the metrics now (also done by the probe twice a second).
-    pub fn refresh_mode_metric(&self) {
-        let now = self.clock.now();
-        self.publish_mode(self.mode(now));
     }
 }
 

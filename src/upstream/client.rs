@@ -57,10 +57,6 @@ impl UpstreamClient {
         Self { http, target }
     }
 
-    pub fn target(&self) -> &UpstreamTarget {
-        &self.target
-    }
-
     /// One attempt, signed with `timestamp` (Unix seconds, taken by the caller just before).
     /// Bounded by the attempt timeout from connect to the last byte, so a dripping body is cut.
     pub async fn describe(
