@@ -337,8 +337,4 @@ wrk_version=$("$WRK_BIN" --version 2>&1 | head -n1 | awk '{print $2}' || true)
     done
 } >"$WORK/report.md"
 
-mkdir -p "$RESULTS_DIR"
-cp "$WORK/report.md" "$RESULT_FILE"
-echo
-cat "$RESULT_FILE"
-log "written to $RESULT_FILE"
+publish_report "$WORK/report.md" "$RESULT_FILE"

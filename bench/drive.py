@@ -287,6 +287,17 @@ async def run(opts) -> dict:
         return chase_result(opts, tally, stats, chased)
     result, expected = verdict(opts, tally, stats)
     return {
+        **common_fields(opts, tally, stats),
+        "throttled_calls": stats.get("throttled", 0),
+        "distinct_flow_ids_called": len(stats["calls_per_flow_id"]),
+        "expected": expected,
+        "verdict": result,
+    }
+
+
+def common_fields(opts, tally: Tally, stats: dict) -> dict:
+    """What every scenario row reports: who asked, what they got, what the upstream saw."""
+    return {
         "scenario": opts.name,
         "setup": opts.setup,
         "callers": opts.callers,
@@ -296,10 +307,6 @@ async def run(opts) -> dict:
         "wall_s": round(tally.wall(), 2),
         "upstream_calls": stats["calls"],
         "max_calls_in_1s": stats["max_in_any_1s_window"],
-        "throttled_calls": stats.get("throttled", 0),
-        "distinct_flow_ids_called": len(stats["calls_per_flow_id"]),
-        "expected": expected,
-        "verdict": result,
     }
 
 
@@ -319,16 +326,8 @@ def chase_result(opts, tally: Tally, stats: dict, chased: list[dict]) -> dict:
     result, expected = verdict(opts, tally, stats, learned)
     return {
         "kind": "chase",
-        "scenario": opts.name,
-        "setup": opts.setup,
+        **common_fields(opts, tally, stats),
         "style": opts.style,
-        "callers": opts.callers,
-        "answers": dict(sorted(tally.status.items())),
-        "x_cache": dict(sorted(tally.cache.items())),
-        "requests": sum(tally.status.values()),
-        "wall_s": round(tally.wall(), 2),
-        "upstream_calls": stats["calls"],
-        "max_calls_in_1s": stats["max_in_any_1s_window"],
         "learned": learned,
         "lag_median_s": round(statistics.median(lags), 2) if lags else None,
         "lag_max_s": round(max(lags), 2) if lags else None,

@@ -229,3 +229,12 @@ begin_run() {
     fi
     [[ -x $TASKGATE_BIN ]] || die "$TASKGATE_BIN is missing (run without SKIP_BUILD=1)"
 }
+
+# publish_report REPORT RESULT_FILE: keeps a run's Markdown report in bench/results/ and prints it.
+publish_report() {
+    mkdir -p "$(dirname "$2")"
+    cp "$1" "$2"
+    echo
+    cat "$2"
+    log "written to $2"
+}

@@ -169,11 +169,7 @@ done
     python3 "$DRIVE" report "$RESULTS_JSONL"
 } >"$WORK/report.md"
 
-mkdir -p "$RESULTS_DIR"
-cp "$WORK/report.md" "$RESULT_FILE"
-echo
-cat "$RESULT_FILE"
-log "written to $RESULT_FILE"
+publish_report "$WORK/report.md" "$RESULT_FILE"
 if grep -q '"verdict": "FAIL"' "$RESULTS_JSONL"; then
     log "some expectations failed"
     exit 1

@@ -71,9 +71,5 @@ verdict=0
     python3 "$BENCH_DIR/soak.py" report "$WORK/soak.json" || verdict=1
 } >"$WORK/report.md"
 
-mkdir -p "$RESULTS_DIR"
-cp "$WORK/report.md" "$RESULT_FILE"
-echo
-cat "$RESULT_FILE"
-log "written to $RESULT_FILE"
+publish_report "$WORK/report.md" "$RESULT_FILE"
 exit "$verdict"
