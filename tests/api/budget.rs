@@ -124,7 +124,7 @@ async fn throttling_by_tencent_is_retried_within_the_deadline_without_a_storm() 
     );
     assert!(app.fake.max_calls_in_any_second() <= 20);
 
-    let metrics = String::from_utf8(app.get("/metrics").await.body).unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("taskgate_upstream_retries_total 30"),
         "{metrics}"

@@ -63,7 +63,7 @@ async fn spawn_with_file(fake: FakeUpstream, file: &Path) -> TestApp {
 }
 
 async fn metric_line(app: &TestApp, start: &str) -> String {
-    let metrics = String::from_utf8(app.get("/metrics").await.body).unwrap();
+    let metrics = app.metrics().await;
     metrics
         .lines()
         .find(|l| l.starts_with(start))

@@ -71,7 +71,7 @@ async fn an_outage_never_multiplies_upstream_traffic() {
     let calls = app.fake.call_count();
     // 60 first attempts, and retries of at most 10% of calls or the 1/s floor over 10 s.
     assert!(calls <= 60 + 10, "{calls} calls for 60 lookups");
-    let metrics = String::from_utf8(app.get("/metrics").await.body).unwrap();
+    let metrics = app.metrics().await;
     assert!(
         !metrics.contains("taskgate_upstream_retries_denied_total 0\n"),
         "denials counted"
@@ -106,7 +106,7 @@ async fn the_circuit_opens_answers_at_once_then_probes_and_closes() {
     let retry_after: u64 = open.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=2).contains(&retry_after));
     assert_eq!(app.fake.call_count(), failed_calls, "no call while open");
-    let metrics = String::from_utf8(app.get("/metrics").await.body).unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains(r#"taskgate_circuit_breaker_state{state="open"} 1"#));
 
     // The upstream recovers; after the open period one probe goes through and closes it.
@@ -114,7 +114,7 @@ async fn the_circuit_opens_answers_at_once_then_probes_and_closes() {
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     assert_eq!(app.task(202).await.status, 200);
     assert_eq!(app.task(203).await.status, 200);
-    let metrics = String::from_utf8(app.get("/metrics").await.body).unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains(r#"taskgate_circuit_breaker_state{state="closed"} 1"#));
 }
 

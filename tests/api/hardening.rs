@@ -114,7 +114,7 @@ async fn a_clock_problem_is_measured_and_counted() {
     assert_eq!(answer.status, 502);
     assert_eq!(answer.json()["code"], "AuthFailure.SignatureExpire");
 
-    let metrics = String::from_utf8(app.get("/metrics").await.body).unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("taskgate_signature_expired_total 1"),
         "{metrics}"

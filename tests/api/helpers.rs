@@ -106,6 +106,11 @@ impl TestApp {
         }
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        String::from_utf8(self.get("/metrics").await.body).expect("metrics are UTF-8")
+    }
+
     pub async fn task(&self, flow_id: i64) -> Answer {
         self.get(&format!("/tasks/{flow_id}")).await
     }

@@ -42,7 +42,7 @@ async fn two_hundred_waiters_share_one_poller_and_hear_the_end_at_once() {
             "answered {delay:?} after the upstream said so"
         );
     }
-    let metrics = String::from_utf8(app.get("/metrics").await.body).unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"taskgate_waits_total{ended="completed"} 200"#),
         "{metrics}"
@@ -150,7 +150,7 @@ async fn final_tasks_answer_at_once_and_waiters_are_bounded() {
         quick, 1,
         "the third waiter is answered at once: {answers:?}"
     );
-    let metrics = String::from_utf8(app.get("/metrics").await.body).unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains(r#"taskgate_waits_total{ended="overflow"} 1"#));
 }
 
