@@ -166,8 +166,20 @@ async fn a_noisy_caller_cannot_starve_a_quiet_one() {
         (answer.status, started.elapsed())
     }));
     let quiet = async {
-        // Arrives after the noisy burst has filled the queue.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Arrives once the noisy burst is queued (the queue-depth gauge says so).
+        loop {
+            let depth = app
+                .metrics()
+                .await
+                .lines()
+                .find_map(|l| l.strip_prefix("taskgate_budget_queue_depth "))
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(0);
+            if depth >= 30 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         join_all((0..5).map(|i| async move {
             let answer = get_as(app, &format!("/tasks/{}", 2_000 + i), Some(ORDERS)).await;
             (answer.status, started.elapsed())
