@@ -178,16 +178,17 @@ async fn a_closed_connection_is_502() {
 
 #[actix_rt::test]
 async fn a_refused_connection_is_502() {
-    // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A socket bound but never listening: connecting is refused, and holding it for the whole
+    // test keeps the port from being handed to another test's listener (binding ":0" and
+    // dropping it did not: the kernel gave the freed port to a parallel test's fake upstream).
+    let bound = tokio::net::TcpSocket::new_v4().unwrap();
+    bound.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = bound.local_addr().unwrap().port();
     let fake = FakeUpstream::start();
     let refused = format!("http://127.0.0.1:{port}");
     let app = spawn_app_with(fake, &["--upstream-endpoint", &refused]).await;
     assert_problem(&app.task(66).await, 502, "upstream-unreachable");
+    drop(bound);
 }
 
 #[actix_rt::test]

@@ -7,6 +7,26 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// A free port below Linux's ephemeral range (32768-60999 by default).
+///
+/// Why not `bind(":0")` and drop: the kernel hands a just-freed ephemeral port to the next
+/// `bind(":0")`, so a fake upstream of a test running in parallel could take it before
+/// redis-server does (or while a test has redis killed), and the test would talk to the wrong
+/// server. Ports below the range are never given out by the kernel, and the counter keeps the
+/// tests of this process apart; the pid spreads concurrent test processes.
+fn port_outside_the_ephemeral_range() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 100) as u16 * 100;
+    for _ in 0..100 {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 100;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {base}..{}", base + 100);
+}
+
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
@@ -35,11 +55,7 @@ impl RedisServer {
             );
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = port_outside_the_ephemeral_range();
         let mut server = Self { port, child: None };
         server.restart();
         Some(server)
@@ -70,6 +86,12 @@ impl RedisServer {
             .expect("redis-server starts");
         self.child = Some(child);
         for _ in 0..500 {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "redis-server on port {} exited at start: {status}",
+                    self.port
+                );
+            }
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return;
             }
