@@ -120,22 +120,11 @@ async fn a_changed_tokens_file_takes_effect_and_a_broken_one_is_refused() {
 
     // A broken file keeps the tokens in force and is counted.
     std::fs::write(&file, "billing\n").unwrap();
-    let mut errors = String::new();
-    for _ in 0..40 {
-        let metrics = String::from_utf8(get_as(&app, "/metrics", None).await.body).unwrap();
-        errors = metrics
-            .lines()
-            .find(|l| {
-                l.starts_with(r#"taskgate_file_reloads_total{file="caller_tokens",result="error"}"#)
-            })
-            .unwrap_or_default()
-            .to_string();
-        if errors.ends_with(" 1") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(errors.ends_with(" 1"), "{errors}");
+    app.until_metric(
+        r#"taskgate_file_reloads_total{file="caller_tokens",result="error"}"#,
+        1.0,
+    )
+    .await;
     assert_eq!(get_as(&app, "/tasks/4", Some(rotated)).await.status, 200);
     let _ = std::fs::remove_file(file);
 }
@@ -167,19 +156,7 @@ async fn a_noisy_caller_cannot_starve_a_quiet_one() {
     }));
     let quiet = async {
         // Arrives once the noisy burst is queued (the queue-depth gauge says so).
-        loop {
-            let depth = app
-                .metrics()
-                .await
-                .lines()
-                .find_map(|l| l.strip_prefix("taskgate_budget_queue_depth "))
-                .and_then(|v| v.parse::<u32>().ok())
-                .unwrap_or(0);
-            if depth >= 30 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        app.until_metric("taskgate_budget_queue_depth", 30.0).await;
         join_all((0..5).map(|i| async move {
             let answer = get_as(app, &format!("/tasks/{}", 2_000 + i), Some(ORDERS)).await;
             (answer.status, started.elapsed())

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::future::join_all;
 
 use crate::fake_upstream::{FakeUpstream, FAKE_SECRET_ID, FAKE_SECRET_KEY};
-use crate::helpers::{spawn_app_with, TestApp};
+use crate::helpers::{metric_value, spawn_app_with, TestApp};
 
 const NEW_ID: &str = "AKIDfakeROTATEDid000000000000000000";
 const NEW_KEY: &str = "fakeROTATEDsecretKEYdoNOTuse00000";
@@ -62,15 +62,6 @@ async fn spawn_with_file(fake: FakeUpstream, file: &Path) -> TestApp {
     spawn_app_with(fake, &["--credentials-file", file.to_str().unwrap()]).await
 }
 
-async fn metric_line(app: &TestApp, start: &str) -> String {
-    let metrics = app.metrics().await;
-    metrics
-        .lines()
-        .find(|l| l.starts_with(start))
-        .unwrap_or_default()
-        .to_string()
-}
-
 #[actix_rt::test]
 async fn a_rotation_under_load_fails_no_request() {
     let fake = FakeUpstream::start();
@@ -113,13 +104,13 @@ async fn a_rotation_under_load_fails_no_request() {
         "the new key took over within the reload interval"
     );
     // Id and key always from one read: a mix would have failed the signature check above.
+    let metrics = app.metrics().await;
     assert_eq!(
-        metric_line(
-            &app,
+        metric_value(
+            &metrics,
             r#"taskgate_file_reloads_total{file="credentials",result="ok"}"#
-        )
-        .await,
-        r#"taskgate_file_reloads_total{file="credentials",result="ok"} 1"#
+        ),
+        Some(1.0)
     );
 }
 
@@ -131,19 +122,11 @@ async fn a_broken_new_file_keeps_the_old_credentials() {
     assert_eq!(app.task(1).await.status, 200);
 
     mount.update("[default]\nsecret_id = AKIDhalfWRITTEN\n");
-    let mut line = String::new();
-    for _ in 0..40 {
-        line = metric_line(
-            &app,
-            r#"taskgate_file_reloads_total{file="credentials",result="error"}"#,
-        )
-        .await;
-        if line.ends_with(" 1") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(line.ends_with(" 1"), "{line}");
+    app.until_metric(
+        r#"taskgate_file_reloads_total{file="credentials",result="error"}"#,
+        1.0,
+    )
+    .await;
     assert_eq!(
         app.task(2).await.status,
         200,
@@ -166,9 +149,11 @@ async fn expired_credentials_turn_readiness_off_and_expiry_is_a_metric() {
 
     assert_eq!(app.task(1).await.status, 200, "the token is sent");
     assert_eq!(app.get("/readyz").await.status, 200);
-    let line = metric_line(&app, "taskgate_credentials_expiry_seconds ").await;
-    let left: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!(left > 0.0 && left <= 2.0, "{line}");
+    let left = metric_value(&app.metrics().await, "taskgate_credentials_expiry_seconds");
+    assert!(
+        left.is_some_and(|left| left > 0.0 && left <= 2.0),
+        "{left:?}"
+    );
 
     let mut readiness = 200;
     for _ in 0..50 {
@@ -181,6 +166,6 @@ async fn expired_credentials_turn_readiness_off_and_expiry_is_a_metric() {
     assert_eq!(readiness, 503);
     let body = app.get("/readyz").await.json();
     assert!(body["reason"].as_str().unwrap().contains("expired"));
-    let line = metric_line(&app, "taskgate_credentials_expiry_seconds ").await;
-    assert!(line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() < 0.0);
+    let left = metric_value(&app.metrics().await, "taskgate_credentials_expiry_seconds");
+    assert!(left.is_some_and(|left| left < 0.0), "{left:?}");
 }

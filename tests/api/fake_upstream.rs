@@ -134,6 +134,19 @@ impl FakeUpstream {
         shared.served.remove(&flow_id);
     }
 
+    /// Scripts a new reply and returns how many calls for `flow_id` came before it, in one step,
+    /// so that no call can fall between the count and the change.
+    pub fn rescript(&self, flow_id: i64, reply: Reply) -> usize {
+        let mut shared = self.shared.lock().unwrap();
+        shared.script.insert(flow_id, reply);
+        shared.served.remove(&flow_id);
+        shared
+            .calls
+            .iter()
+            .filter(|c| c.flow_id == Some(flow_id))
+            .count()
+    }
+
     /// The reply for every flow id without a script (default: succeeded).
     pub fn default_reply(&self, reply: Reply) {
         self.shared.lock().unwrap().default = Some(reply);

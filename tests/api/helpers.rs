@@ -111,8 +111,45 @@ impl TestApp {
         String::from_utf8(self.get("/metrics").await.body).expect("metrics are UTF-8")
     }
 
+    /// Waits until `series` shows at least `at_least` (see [`until_metric`]).
+    pub async fn until_metric(&self, series: &str, at_least: f64) -> String {
+        until_metric(&self.client, &self.base, series, at_least).await
+    }
+
     pub async fn task(&self, flow_id: i64) -> Answer {
         self.get(&format!("/tasks/{flow_id}")).await
+    }
+}
+
+/// The value of one series, written as exported (`name` or `name{label="v"}`), in Prometheus text.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// Reads `{base}/metrics` until `series` shows at least `at_least`, and returns that text.
+///
+/// How a test awaits a state inside the gateway (requests held, a queue filled) instead of
+/// sleeping for a time that a loaded machine may not honour. Panics after 30 s with the last text.
+pub async fn until_metric(client: &awc::Client, base: &str, series: &str, at_least: f64) -> String {
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut response = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("metrics answer");
+        let body = response.body().limit(1 << 20).await.expect("metrics body");
+        let text = String::from_utf8(body.to_vec()).expect("metrics are UTF-8");
+        if metric_value(&text, series).is_some_and(|v| v >= at_least) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "{series} never reached {at_least}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 
 use crate::fake_upstream::{FakeUpstream, Reply};
-use crate::helpers::{client, spawn_replica, Process};
+use crate::helpers::{client, metric_value, spawn_replica, until_metric, Process};
 use crate::redis_server::RedisServer;
 
 fn replicas(fake: &FakeUpstream, redis: &RedisServer, extra: &[&str]) -> Vec<Process> {
@@ -27,14 +27,6 @@ async fn get(client: &awc::Client, url: String) -> (u16, Option<String>, Vec<u8>
         .map(str::to_owned);
     let body = response.body().limit(1 << 20).await.unwrap().to_vec();
     (response.status().as_u16(), cache, body)
-}
-
-async fn metric(client: &awc::Client, process: &Process, line_start: &str) -> Option<String> {
-    let (_, _, body) = get(client, format!("{}/metrics", process.base())).await;
-    String::from_utf8_lossy(&body)
-        .lines()
-        .find(|l| l.starts_with(line_start))
-        .map(str::to_owned)
 }
 
 #[actix_rt::test]
@@ -158,24 +150,17 @@ async fn losing_redis_degrades_safely_and_shared_mode_returns() {
 
     // Every replica returns to shared mode by itself.
     for replica in &replicas {
-        let mut mode = None;
-        for _ in 0..100 {
-            mode = metric(&client, replica, "taskgate_shared_mode{mode=\"shared\"}").await;
-            if mode.as_deref().is_some_and(|l| l.ends_with(" 1")) {
-                break;
-            }
-            actix_rt::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert_eq!(
-            mode.as_deref(),
-            Some("taskgate_shared_mode{mode=\"shared\"} 1")
-        );
-        let errors = metric(&client, replica, "taskgate_redis_errors_total")
-            .await
-            .unwrap();
-        assert_ne!(
-            errors, "taskgate_redis_errors_total 0",
-            "the outage was noticed"
+        let metrics = until_metric(
+            &client,
+            &replica.base(),
+            r#"taskgate_shared_mode{mode="shared"}"#,
+            1.0,
+        )
+        .await;
+        let errors = metric_value(&metrics, "taskgate_redis_errors_total");
+        assert!(
+            errors.is_some_and(|n| n > 0.0),
+            "the outage was noticed: {errors:?}"
         );
         let ready = get(&client, format!("{}/readyz", replica.base())).await.0;
         assert_eq!(ready, 200, "degraded is not down");
