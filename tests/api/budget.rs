@@ -10,11 +10,9 @@ use crate::helpers::spawn_app_with;
 #[actix_rt::test]
 async fn a_hundred_new_tasks_use_the_budget_fully_and_never_exceed_it() {
     let app = spawn_app_with(FakeUpstream::start(), &["--max-queue-wait", "10s"]).await;
-    let started = tokio::time::Instant::now();
 
     let answers = join_all((10_000..10_100).map(|id| app.task(id))).await;
 
-    let elapsed = started.elapsed();
     assert!(answers.iter().all(|a| a.status == 200), "all 100 answered");
     assert_eq!(app.fake.call_count(), 100);
     assert!(
@@ -22,8 +20,11 @@ async fn a_hundred_new_tasks_use_the_budget_fully_and_never_exceed_it() {
         "at most 20 calls in any second at the upstream, saw {}",
         app.fake.max_calls_in_any_second()
     );
-    // Five rounds of 20, one window apart: about 4.3 s. Far more would mean wasted budget.
-    assert!(elapsed < Duration::from_millis(6_500), "took {elapsed:?}");
+    // Five rounds of 20, one window (plus margin and answer time) apart: about 4.3 s between the
+    // first call and the last at the upstream. Far more would mean wasted budget.
+    let calls = app.fake.calls();
+    let span = calls.last().unwrap().at.duration_since(calls[0].at);
+    assert!(span < Duration::from_millis(5_500), "took {span:?}");
 }
 
 #[actix_rt::test]
@@ -35,12 +36,15 @@ async fn the_excess_gets_503_with_a_retry_after_from_the_queue() {
     let ok = answers.iter().filter(|a| a.status == 200).count();
     let refused: Vec<_> = answers.iter().filter(|a| a.status == 503).collect();
     assert_eq!(ok + refused.len(), 100);
-    assert_eq!(ok, 20, "one window's worth fits in a 1 s wait");
+    // One window's worth fits in a 1 s wait; a request that arrived late (a loaded machine sends
+    // 100 slowly) may still catch a slot of the next window before its wait ends.
+    assert!((20..=40).contains(&ok), "{ok} answered");
     assert_eq!(
         app.fake.call_count(),
-        20,
+        ok,
         "refused lookups cost no upstream call"
     );
+    assert!(app.fake.max_calls_in_any_second() <= 20);
     let retry_after: Vec<u64> = refused
         .iter()
         .map(|a| {
