@@ -195,6 +195,19 @@ pub struct Config {
     #[arg(long, env = "TASKGATE_CREDENTIALS_FILE")]
     pub credentials_file: Option<PathBuf>,
 
+    /// The Tencent SDKs' profile file, read (and watched) when neither TASKGATE_CREDENTIALS_FILE
+    /// nor TENCENTCLOUD_SECRET_ID / _KEY is set. Without it, ~/.tencentcloud/credentials is used
+    /// when it exists, as the SDKs do.
+    #[arg(
+        long = "tencentcloud-credentials-file",
+        env = "TENCENTCLOUD_CREDENTIALS_FILE"
+    )]
+    pub sdk_credentials_file: Option<PathBuf>,
+
+    /// The home folder, only to find ~/.tencentcloud/credentials.
+    #[arg(long = "home", env = "HOME", hide = true)]
+    pub home: Option<PathBuf>,
+
     /// Callers allowed to look up tasks, one `<caller-name> <token>` per line; re-read when it
     /// changes. Without it, /tasks is open to anyone who can reach taskgate.
     #[arg(long, env = "TASKGATE_CALLER_TOKENS_FILE")]
@@ -260,7 +273,7 @@ impl From<CredentialsError> for ConfigError {
         };
         Self {
             setting: setting.to_string(),
-            message: format!("{e} (set it, use TASKGATE_CREDENTIALS_FILE, or run with --demo)"),
+            message: format!("{e} (set it, use TASKGATE_CREDENTIALS_FILE or ~/.tencentcloud/credentials, or run with --demo)"),
         }
     }
 }
@@ -383,22 +396,41 @@ impl Config {
         Ok(endpoint)
     }
 
-    /// The credentials to sign with (and the file's contents when they come from one); demo mode
-    /// makes throwaway ones.
-    pub fn credentials(&self) -> Result<(Credentials, Option<String>), ConfigError> {
+    /// The credentials file in use, and the setting that chose it: TASKGATE_CREDENTIALS_FILE;
+    /// else, when TENCENTCLOUD_SECRET_ID and _KEY are both unset, the SDKs' profile file
+    /// (TENCENTCLOUD_CREDENTIALS_FILE, or ~/.tencentcloud/credentials when it exists).
+    pub fn credentials_file_in_use(&self) -> Option<(PathBuf, &'static str)> {
+        if let Some(path) = &self.credentials_file {
+            return Some((path.clone(), "TASKGATE_CREDENTIALS_FILE"));
+        }
+        if self.demo || self.secret_id.is_some() || self.secret_key.is_some() {
+            return None;
+        }
+        if let Some(path) = &self.sdk_credentials_file {
+            return Some((path.clone(), "TENCENTCLOUD_CREDENTIALS_FILE"));
+        }
+        let profile = self.home.as_ref()?.join(".tencentcloud/credentials");
+        profile
+            .is_file()
+            .then_some((profile, "~/.tencentcloud/credentials"))
+    }
+
+    /// The credentials to sign with, and the file they came from with its contents (to watch it
+    /// for changes); demo mode makes throwaway ones.
+    pub fn credentials(&self) -> Result<(Credentials, Option<(PathBuf, String)>), ConfigError> {
         if self.demo {
             return Ok((Credentials::generate_demo(), None));
         }
-        if let Some(path) = &self.credentials_file {
+        if let Some((path, setting_name)) = self.credentials_file_in_use() {
             let setting = |message: String| ConfigError {
-                setting: "TASKGATE_CREDENTIALS_FILE".into(),
+                setting: setting_name.into(),
                 message,
             };
-            let text = std::fs::read_to_string(path)
+            let text = std::fs::read_to_string(&path)
                 .map_err(|e| setting(format!("cannot read {}: {e}", path.display())))?;
             let credentials = crate::credentials_file::parse(&text)
                 .map_err(|e| setting(format!("{}: {e}", path.display())))?;
-            return Ok((credentials, Some(text)));
+            return Ok((credentials, Some((path, text))));
         }
         let credentials = Credentials::from_parts(
             self.secret_id.as_ref().map(SecretId::expose),

@@ -70,7 +70,7 @@ impl Application {
     /// Builds the whole service from a parsed configuration. Must run inside an actix system.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let configured_endpoint = config.validate()?;
-        let (credentials, credentials_text) = config.credentials()?;
+        let (credentials, credentials_file) = config.credentials()?;
         let callers = match &config.caller_tokens_file {
             Some(path) => {
                 let setting = |message: String| ConfigError {
@@ -120,11 +120,11 @@ impl Application {
         let metrics = Arc::new(crate::metrics::Metrics::new(config.rate_limit));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let credentials = Arc::new(CredentialStore::new(credentials));
-        if let (Some(path), Some(text)) = (&config.credentials_file, &credentials_text) {
+        if let Some((path, text)) = credentials_file {
             let store = Arc::clone(&credentials);
             reload::watch_parsed(
-                path.clone(),
-                text,
+                path,
+                &text,
                 "credentials",
                 Arc::clone(&metrics),
                 crate::credentials_file::parse,

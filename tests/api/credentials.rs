@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::future::join_all;
 
 use crate::fake_upstream::{FakeUpstream, FAKE_SECRET_ID, FAKE_SECRET_KEY};
-use crate::helpers::{metric_value, spawn_app_with, TestApp};
+use crate::helpers::{client, metric_value, spawn_app_with, spawn_process, TestApp};
 
 const NEW_ID: &str = "AKIDfakeROTATEDid000000000000000000";
 const NEW_KEY: &str = "fakeROTATEDsecretKEYdoNOTuse00000";
@@ -168,4 +168,72 @@ async fn expired_credentials_turn_readiness_off_and_expiry_is_a_metric() {
     assert!(body["reason"].as_str().unwrap().contains("expired"));
     let left = metric_value(&app.metrics().await, "taskgate_credentials_expiry_seconds");
     assert!(left.is_some_and(|left| left < 0.0), "{left:?}");
+}
+
+const PROFILE_ID: &str = "AKIDfakePROFILEid00000000000000000";
+const PROFILE_KEY: &str = "fakePROFILEsecretKEYdoNOTuse00000";
+const SDK_FILE_ID: &str = "AKIDfakeSDKFILEid00000000000000000";
+const SDK_FILE_KEY: &str = "fakeSDKFILEsecretKEYdoNOTuse00000";
+
+/// Starts the binary with `envs` only (no credentials of its own), asks for one task, and
+/// returns the secret id the upstream saw in the signature (which the fake verified).
+async fn signed_by(fake: &FakeUpstream, envs: &[(&str, &str)]) -> String {
+    let process = spawn_process(&["--upstream-endpoint", &fake.url], envs);
+    let before = fake.call_count();
+    let mut answer = client()
+        .get(format!("{}/tasks/{}", process.base(), 70 + before))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200, "{:?}", answer.body().await);
+    let call = &fake.calls()[before];
+    assert_eq!(call.signature_error, None);
+    let authorization = call.header("authorization").unwrap();
+    let credential = authorization.split("Credential=").nth(1).unwrap();
+    credential.split('/').next().unwrap().to_string()
+}
+
+#[actix_rt::test]
+async fn credentials_are_found_where_the_tencent_sdks_find_them() {
+    let fake = FakeUpstream::start();
+    fake.accept_key(PROFILE_ID, PROFILE_KEY);
+    fake.accept_key(SDK_FILE_ID, SDK_FILE_KEY);
+    let home = SecretMount::new("");
+    std::fs::create_dir_all(home.dir.join(".tencentcloud")).unwrap();
+    std::fs::write(
+        home.dir.join(".tencentcloud/credentials"),
+        profile(PROFILE_ID, PROFILE_KEY, ""),
+    )
+    .unwrap();
+    let sdk_file = home.dir.join("sdk-credentials");
+    std::fs::write(&sdk_file, profile(SDK_FILE_ID, SDK_FILE_KEY, "")).unwrap();
+    let home_dir = home.dir.to_str().unwrap();
+
+    // Nothing else set: ~/.tencentcloud/credentials, as the SDKs' profile provider reads it.
+    assert_eq!(signed_by(&fake, &[("HOME", home_dir)]).await, PROFILE_ID);
+    // TENCENTCLOUD_CREDENTIALS_FILE names another profile file (the Go SDK's variable).
+    assert_eq!(
+        signed_by(
+            &fake,
+            &[
+                ("HOME", home_dir),
+                ("TENCENTCLOUD_CREDENTIALS_FILE", sdk_file.to_str().unwrap())
+            ]
+        )
+        .await,
+        SDK_FILE_ID
+    );
+    // The environment comes first, as in the SDKs' chain.
+    assert_eq!(
+        signed_by(
+            &fake,
+            &[
+                ("HOME", home_dir),
+                ("TENCENTCLOUD_SECRET_ID", FAKE_SECRET_ID),
+                ("TENCENTCLOUD_SECRET_KEY", FAKE_SECRET_KEY)
+            ]
+        )
+        .await,
+        FAKE_SECRET_ID
+    );
 }

@@ -166,6 +166,12 @@ pub fn spawn_process(args: &[&str], envs: &[(&str, &str)]) -> Process {
         .args(["--listen", "127.0.0.1:0", "--workers", "1"])
         .args(args)
         .env_remove("RUST_LOG")
+        // Credentials come from what each test passes, never from this machine's own set-up.
+        .env_remove("TENCENTCLOUD_SECRET_ID")
+        .env_remove("TENCENTCLOUD_SECRET_KEY")
+        .env_remove("TENCENTCLOUD_SECURITY_TOKEN")
+        .env_remove("TENCENTCLOUD_CREDENTIALS_FILE")
+        .env_remove("HOME")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     for (k, v) in envs {

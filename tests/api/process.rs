@@ -9,7 +9,13 @@ use crate::helpers::{client, spawn_process};
 fn run(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_taskgate"));
     command.args(args);
-    for var in ["TENCENTCLOUD_SECRET_ID", "TENCENTCLOUD_SECRET_KEY"] {
+    // Nothing of this machine's own Tencent set-up may reach the process under test.
+    for var in [
+        "TENCENTCLOUD_SECRET_ID",
+        "TENCENTCLOUD_SECRET_KEY",
+        "TENCENTCLOUD_CREDENTIALS_FILE",
+        "HOME",
+    ] {
         command.env_remove(var);
     }
     for (k, v) in envs {
@@ -37,6 +43,7 @@ fn help_lists_every_setting_with_its_default() {
         ("TENCENTCLOUD_SECRET_ID", None),
         ("TENCENTCLOUD_SECRET_KEY", None),
         ("TENCENTCLOUD_SECURITY_TOKEN", None),
+        ("TENCENTCLOUD_CREDENTIALS_FILE", None),
     ] {
         assert!(help.contains(var), "{var} missing from --help");
         if let Some(default) = default {
@@ -85,6 +92,17 @@ fn missing_credentials_stop_the_start_with_a_clear_message() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("TENCENTCLOUD_SECRET_ID is not set"),
+        "{stderr}"
+    );
+
+    let output = run(
+        &["--listen", "127.0.0.1:0"],
+        &[("TENCENTCLOUD_CREDENTIALS_FILE", "/nonexistent/credentials")],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("TENCENTCLOUD_CREDENTIALS_FILE") && stderr.contains("/nonexistent"),
         "{stderr}"
     );
 }
