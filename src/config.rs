@@ -208,6 +208,16 @@ pub struct Config {
     #[arg(long = "home", env = "HOME", hide = true)]
     pub home: Option<PathBuf>,
 
+    /// Temporary credentials of the CVM instance role, renewed before they expire: the role's
+    /// name, or `auto` for the role bound to this instance. Use it instead of any other
+    /// credentials setting.
+    #[arg(long, env = "TASKGATE_CVM_ROLE")]
+    pub cvm_role: Option<String>,
+
+    /// The instance metadata service that hands out the CVM role's credentials.
+    #[arg(long, env = "TASKGATE_METADATA_ENDPOINT", default_value = crate::cvm_role::DEFAULT_METADATA_ENDPOINT)]
+    pub metadata_endpoint: String,
+
     /// Callers allowed to look up tasks, one `<caller-name> <token>` per line; re-read when it
     /// changes. Without it, /tasks is open to anyone who can reach taskgate.
     #[arg(long, env = "TASKGATE_CALLER_TOKENS_FILE")]
@@ -385,6 +395,39 @@ impl Config {
                 message: "must be non-empty and without spaces".into(),
             });
         }
+        if let Some(role) = &self.cvm_role {
+            let setting = |message: &str| ConfigError {
+                setting: "TASKGATE_CVM_ROLE".into(),
+                message: message.into(),
+            };
+            let allowed = |b: u8| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b);
+            if role.is_empty() || role.len() > 128 || !role.bytes().all(allowed) {
+                return Err(setting(
+                    "must be a CAM role name, or auto for the role bound to this instance",
+                ));
+            }
+            if self.demo
+                || self.credentials_file.is_some()
+                || self.secret_id.is_some()
+                || self.secret_key.is_some()
+            {
+                return Err(setting(
+                    "is one source of credentials; unset TASKGATE_CREDENTIALS_FILE, \
+                     TENCENTCLOUD_SECRET_ID / _KEY and TASKGATE_DEMO, or this",
+                ));
+            }
+            if !(self.metadata_endpoint.starts_with("http://")
+                || self.metadata_endpoint.starts_with("https://"))
+            {
+                return Err(ConfigError {
+                    setting: "TASKGATE_METADATA_ENDPOINT".into(),
+                    message: format!(
+                        "{:?} must start with http:// or https://",
+                        self.metadata_endpoint
+                    ),
+                });
+            }
+        }
         if let Some(path) = &self.upstream_ca_file {
             if !path.is_file() {
                 return Err(ConfigError {
@@ -396,6 +439,13 @@ impl Config {
         Ok(endpoint)
     }
 
+    /// The CVM role to take temporary credentials from, when one is configured.
+    pub fn cvm_role(&self) -> Option<crate::cvm_role::CvmRole> {
+        self.cvm_role
+            .as_deref()
+            .map(|role| crate::cvm_role::CvmRole::new(&self.metadata_endpoint, role))
+    }
+
     /// The credentials file in use, and the setting that chose it: TASKGATE_CREDENTIALS_FILE;
     /// else, when TENCENTCLOUD_SECRET_ID and _KEY are both unset, the SDKs' profile file
     /// (TENCENTCLOUD_CREDENTIALS_FILE, or ~/.tencentcloud/credentials when it exists).
@@ -403,7 +453,11 @@ impl Config {
         if let Some(path) = &self.credentials_file {
             return Some((path.clone(), "TASKGATE_CREDENTIALS_FILE"));
         }
-        if self.demo || self.secret_id.is_some() || self.secret_key.is_some() {
+        if self.demo
+            || self.cvm_role.is_some()
+            || self.secret_id.is_some()
+            || self.secret_key.is_some()
+        {
             return None;
         }
         if let Some(path) = &self.sdk_credentials_file {

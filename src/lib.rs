@@ -36,6 +36,7 @@ pub mod coalesce;
 pub mod config;
 pub mod credentials;
 pub mod credentials_file;
+pub mod cvm_role;
 pub mod demo;
 pub mod error;
 pub mod fair_queue;

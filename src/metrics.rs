@@ -502,7 +502,7 @@ impl Metrics {
             file_reloads: IntCounterVec::new(
                 Opts::new(
                     "taskgate_file_reloads_total",
-                    "Re-reads of watched files after a change, by file (credentials, caller_tokens) and result (ok, error: the old contents stay in force).",
+                    "Re-reads of credential and token sources, by file (credentials, caller_tokens: after a change; cvm_role: renewals before expiry) and result (ok, error: what was in force stays in force).",
                 ),
                 &["file", "result"],
             )
@@ -647,7 +647,7 @@ impl Metrics {
         self.budget_limit.set(i64::from(rate_limit));
         self.set_shared_mode(SharedMode::Off);
         self.set_breaker_state(BreakerState::Closed);
-        for file in ["credentials", "caller_tokens"] {
+        for file in ["credentials", "caller_tokens", "cvm_role"] {
             for result in ["ok", "error"] {
                 self.file_reloads.with_label_values(&[file, result]);
             }

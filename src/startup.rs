@@ -21,6 +21,7 @@ use crate::callers::{CallerRegistry, CallerTokens};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError};
 use crate::credentials::CredentialStore;
+use crate::cvm_role::CvmRole;
 use crate::demo::DemoUpstream;
 use crate::lookup::{LookupParts, LookupService};
 use crate::observe;
@@ -70,7 +71,20 @@ impl Application {
     /// Builds the whole service from a parsed configuration. Must run inside an actix system.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let configured_endpoint = config.validate()?;
-        let (credentials, credentials_file) = config.credentials()?;
+        let cvm_role = config.cvm_role();
+        let (credentials, credentials_file) = match &cvm_role {
+            Some(role) => {
+                let fetched =
+                    role.fetch(&CvmRole::client())
+                        .await
+                        .map_err(|message| ConfigError {
+                            setting: "TASKGATE_CVM_ROLE".into(),
+                            message,
+                        })?;
+                (fetched, None)
+            }
+            None => config.credentials()?,
+        };
         let callers = match &config.caller_tokens_file {
             Some(path) => {
                 let setting = |message: String| ConfigError {
@@ -133,6 +147,9 @@ impl Application {
                     store.replace(next);
                 },
             );
+        }
+        if let Some(role) = cvm_role {
+            role.keep_fresh(Arc::clone(&credentials), Arc::clone(&metrics));
         }
         let callers = callers.map(|(registry, text)| {
             for name in registry.current().names() {

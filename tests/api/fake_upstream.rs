@@ -62,7 +62,8 @@ struct Shared {
     script: HashMap<i64, Reply>,
     served: HashMap<i64, usize>,
     default: Option<Reply>,
-    token: Option<String>,
+    /// Session tokens of temporary credentials; when any is set, each request must carry one.
+    tokens: Vec<String>,
     /// Accepted (SecretId, SecretKey) pairs.
     keys: Vec<(String, String)>,
     /// Seconds the fake's clock is ahead of the real one (negative: behind).
@@ -166,9 +167,9 @@ impl FakeUpstream {
         self.shared.lock().unwrap().clock_offset = seconds;
     }
 
-    /// Temporary credentials: requests must carry this `X-TC-Token`.
+    /// Temporary credentials: requests must carry this `X-TC-Token` (or another one required).
     pub fn require_token(&self, token: &str) {
-        self.shared.lock().unwrap().token = Some(token.to_string());
+        self.shared.lock().unwrap().tokens.push(token.to_string());
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -366,7 +367,6 @@ fn unix_now() -> i64 {
 
 /// Checks a request the way Tencent's API gateway does, at the fake's `now`.
 fn verify(request: &Request, shared: &Shared, now: i64) -> Result<(), String> {
-    let token = shared.token.as_deref();
     let get = |name: &str| {
         request
             .headers
@@ -392,10 +392,12 @@ fn verify(request: &Request, shared: &Shared, now: i64) -> Result<(), String> {
     if (now - timestamp).abs() > 300 {
         return Err("signature expired".into());
     }
-    match (token, get("X-TC-Token")) {
-        (Some(want), Some(got)) if want == got => {}
-        (None, None) => {}
-        _ => return Err("token mismatch".into()),
+    let token_ok = match get("X-TC-Token") {
+        Some(got) => shared.tokens.iter().any(|want| want == got),
+        None => shared.tokens.is_empty(),
+    };
+    if !token_ok {
+        return Err("token mismatch".into());
     }
     let authorization = need("Authorization")?;
     let date = time::OffsetDateTime::from_unix_timestamp(timestamp)

@@ -5,6 +5,7 @@ mod budget;
 mod caching;
 mod callers;
 mod credentials;
+mod cvm_role;
 mod errors;
 mod fake_upstream;
 mod faults;
