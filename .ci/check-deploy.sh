@@ -563,7 +563,9 @@ import pathlib, re, sys
 import yaml
 
 work, redis_url = pathlib.Path(sys.argv[1]), sys.argv[2]
-skip = re.compile(r"^(TASKGATE_REDIS_URL$|TASKGATE_DEMO$|TASKGATE_LISTEN$|TASKGATE_UPSTREAM_ENDPOINT$)")
+# Set here, or alternatives to what is set here (the CVM role is another source of credentials,
+# exercised by the tests against a fake metadata service).
+skip = re.compile(r"^(TASKGATE_REDIS_URL$|TASKGATE_DEMO$|TASKGATE_LISTEN$|TASKGATE_UPSTREAM_ENDPOINT$|TASKGATE_CVM_ROLE$)")
 fixed = ["TENCENTCLOUD_SECRET_ID=EXAMPLE-NOT-A-REAL-SECRET-ID",
          "TENCENTCLOUD_SECRET_KEY=EXAMPLE-NOT-A-REAL-SECRET-KEY",
          "TASKGATE_UPSTREAM_ENDPOINT=https://127.0.0.1:9",
