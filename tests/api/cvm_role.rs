@@ -126,15 +126,20 @@ async fn the_role_credentials_sign_and_are_renewed_before_they_expire() {
         NEXT_TOKEN,
         Duration::from_secs(12 * 3600),
     );
+    // Awaited by what it changes: a renewal due before the new ones were handed out (on a slow
+    // machine) fetches the first ones again, and the next renewal follows within seconds.
     let metrics = until_metric(
         &client,
         &base,
-        r#"taskgate_file_reloads_total{file="cvm_role",result="ok"}"#,
-        1.0,
+        "taskgate_credentials_expiry_seconds",
+        11.0 * 3600.0,
     )
     .await;
-    let left = metric_value(&metrics, "taskgate_credentials_expiry_seconds").unwrap();
-    assert!(left > 11.0 * 3600.0, "{left}");
+    let renewals = metric_value(
+        &metrics,
+        r#"taskgate_file_reloads_total{file="cvm_role",result="ok"}"#,
+    );
+    assert!(renewals.is_some_and(|n| n >= 1.0), "{renewals:?}");
 
     assert_eq!(get("/tasks/2").await.unwrap().status().as_u16(), 200);
     assert_eq!(
