@@ -29,7 +29,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         // A static prefix, not a `{flow_id}` pattern: actix matches patterns with a regex engine,
         // which cost a cache hit about a sixth of its CPU time. The whole tail reaches the parser,
         // so `/tasks/1/2` and `/tasks/` get a 400 that explains the flow id, not a bare 404.
-        web::scope("/tasks").default_service(web::to(task_route)),
+        web::scope("/tasks").default_service(web::to(get_task)),
     )
     .service(ops_resource("/healthz", healthz))
     .service(ops_resource("/readyz", readyz))
@@ -93,30 +93,23 @@ fn parse_timeout(text: &str) -> Option<Duration> {
     }
 }
 
-/// Everything under `/tasks`: GET and HEAD of `/tasks/{flow_id}`, 405 for other methods.
-async fn task_route(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    lookup: web::Data<LookupService>,
-    waits: web::Data<WaitService>,
-    client: web::Data<UpstreamClient>,
-) -> Result<HttpResponse, ApiError> {
-    if flow_id_text(&req).is_none() {
-        return Err(ApiError::RouteNotFound);
-    }
+/// The flow id text of a request under `/tasks`: what follows `/tasks/` in the matched
+/// (percent-decoded) path. `/tasks` itself is no route, and only GET and HEAD are served.
+fn flow_id_text(req: &HttpRequest) -> Result<&str, ApiError> {
+    let text = req
+        .match_info()
+        .unprocessed()
+        .strip_prefix('/')
+        .ok_or(ApiError::RouteNotFound)?;
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         return Err(ApiError::MethodNotAllowed {
             allow: TASK_METHODS,
         });
     }
-    get_task(req, state, lookup, waits, client).await
+    Ok(text)
 }
 
-/// What follows `/tasks/` in the matched (percent-decoded) path; None for `/tasks` itself.
-fn flow_id_text(req: &HttpRequest) -> Option<&str> {
-    req.match_info().unprocessed().strip_prefix('/')
-}
-
+/// Everything under `/tasks`: GET and HEAD of `/tasks/{flow_id}`.
 async fn get_task(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -124,10 +117,10 @@ async fn get_task(
     waits: web::Data<WaitService>,
     client: web::Data<UpstreamClient>,
 ) -> Result<HttpResponse, ApiError> {
-    // Who asks comes first: an unauthenticated caller learns nothing, not even about its input.
+    let raw = flow_id_text(&req)?;
+    // Who asks comes next: an unauthenticated caller learns nothing, not even about its input.
     let caller = authenticate(&req, &state)?;
-    let flow_id =
-        FlowId::parse(flow_id_text(&req).unwrap_or_default()).map_err(ApiError::InvalidFlowId)?;
+    let flow_id = FlowId::parse(raw).map_err(ApiError::InvalidFlowId)?;
     let timeout = caller_timeout(&req, state.request_timeout)?;
     let wait = requested_wait(&req, waits.max_wait())?;
     let trace_id = req
