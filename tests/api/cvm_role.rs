@@ -79,11 +79,8 @@ impl FakeMetadata {
 fn last_signer(fake: &FakeUpstream) -> (String, String) {
     let call = fake.calls().pop().expect("a call");
     assert_eq!(call.signature_error, None);
-    let authorization = call.header("authorization").unwrap();
-    let id = authorization.split("Credential=").nth(1).unwrap();
-    let id = id.split('/').next().unwrap().to_string();
     (
-        id,
+        call.secret_id().unwrap().to_string(),
         call.header("x-tc-token").unwrap_or_default().to_string(),
     )
 }

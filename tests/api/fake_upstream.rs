@@ -54,6 +54,12 @@ impl Call {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+
+    /// The secret id this call was signed with (from `Authorization: … Credential=<id>/…`).
+    pub fn secret_id(&self) -> Option<&str> {
+        let credential = self.header("authorization")?.split("Credential=").nth(1)?;
+        credential.split('/').next()
+    }
 }
 
 #[derive(Default)]
