@@ -118,70 +118,69 @@ async def one_shot(host, port, path, timeout, tally: Tally, connected, go: async
             writer.close()
 
 
+class KeepAlive:
+    """One keep-alive connection to taskgate, opened on first use and again after the server
+    closes it or a request fails; every GET is counted in the tally, errors by kind."""
+
+    def __init__(self, host: str, port: int, connect_timeout: float) -> None:
+        self.host, self.port, self.connect_timeout = host, port, connect_timeout
+        self.reader = self.writer = None
+
+    async def get(self, path: str, timeout: float, tally: Tally) -> tuple[int | None, bytes]:
+        """GETs `path`; returns (status, body), or (None, b"") when the request failed."""
+        tally.start()
+        try:
+            if self.writer is None:
+                self.reader, self.writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.host, self.port), self.connect_timeout)
+            self.writer.write(request(self.host, self.port, path, keep_alive=True))
+            await self.writer.drain()
+            status, headers, body = await asyncio.wait_for(read_response(self.reader), timeout)
+        except Exception as e:  # noqa: BLE001 - every failure is counted, by kind
+            tally.answer(f"error:{type(e).__name__}", None)
+            self.close()
+            return None, b""
+        tally.answer(str(status), headers.get("x-cache"))
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, body
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
 async def poller(host, port, path, deadline, max_requests, timeout, tally: Tally) -> None:
-    reader = writer = None
+    connection = KeepAlive(host, port, timeout)
     try:
         for _ in range(max_requests):
             if time.monotonic() >= deadline:
                 break
-            if writer is None:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-            tally.start()
-            try:
-                writer.write(request(host, port, path, keep_alive=True))
-                await writer.drain()
-                status, headers, _ = await asyncio.wait_for(read_response(reader), timeout)
-                tally.answer(str(status), headers.get("x-cache"))
-                if headers.get("connection", "").lower() == "close":
-                    writer.close()
-                    reader = writer = None
-            except Exception as e:  # noqa: BLE001
-                tally.answer(f"error:{type(e).__name__}", None)
-                if writer is not None:
-                    writer.close()
-                reader = writer = None
+            await connection.get(path, timeout, tally)
     finally:
-        if writer is not None:
-            writer.close()
+        connection.close()
 
 
 async def chaser(host, port, flow_id, opts, deadline, tally: Tally) -> dict:
     """Asks for one task until it is final; returns round trips and when it learned."""
     path = f"/tasks/{flow_id}" + (f"?wait={opts.wait}" if opts.style == "wait" else "")
     timeout = opts.timeout + (to_seconds(opts.wait) if opts.style == "wait" else 0)
-    reader = writer = None
+    connection = KeepAlive(host, port, opts.timeout)
     trips, learned = 0, None
     try:
         for _ in range(opts.max_requests):
             if time.monotonic() >= deadline:
                 break
             trips += 1
-            status = None
-            tally.start()
-            try:
-                if writer is None:
-                    reader, writer = await asyncio.wait_for(
-                        asyncio.open_connection(host, port), opts.timeout)
-                writer.write(request(host, port, path, keep_alive=True))
-                await writer.drain()
-                status, headers, body = await asyncio.wait_for(read_response(reader), timeout)
-                tally.answer(str(status), headers.get("x-cache"))
-                if headers.get("connection", "").lower() == "close":
-                    writer.close()
-                    reader = writer = None
-                if status == 200 and json.loads(body).get("status") != "processing":
-                    learned = time.monotonic()
-                    break
-            except Exception as e:  # noqa: BLE001
-                tally.answer(f"error:{type(e).__name__}", None)
-                if writer is not None:
-                    writer.close()
-                reader = writer = None
+            status, body = await connection.get(path, timeout, tally)
+            if status == 200 and json.loads(body).get("status") != "processing":
+                learned = time.monotonic()
+                break
             if opts.style == "interval" or status != 200:
                 await asyncio.sleep(max(0.0, min(opts.interval, deadline - time.monotonic())))
     finally:
-        if writer is not None:
-            writer.close()
+        connection.close()
     return {"flow_id": flow_id, "trips": trips, "learned": learned}
 
 
