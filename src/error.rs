@@ -10,15 +10,16 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::task::FlowIdError;
+use crate::telemetry::UpstreamRequestId;
 use crate::upstream::{ErrorFamily, UpstreamError};
 
-pub const PROBLEM_JSON: &str = "application/problem+json";
+pub(crate) const PROBLEM_JSON: &str = "application/problem+json";
 /// Longest request target (path and query) taskgate reads.
-pub const MAX_URI_LENGTH: usize = 2048;
+pub(crate) const MAX_URI_LENGTH: usize = 2048;
 /// Most request headers taskgate reads (the HTTP layer refuses more than 96 on its own).
-pub const MAX_HEADER_COUNT: usize = 64;
+pub(crate) const MAX_HEADER_COUNT: usize = 64;
 /// Most bytes of request header names and values taskgate reads.
-pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
@@ -292,6 +293,15 @@ fn upstream_parts(error: &UpstreamError) -> ProblemParts<'_> {
             "Upstream unreachable",
             "the connection to the upstream failed".to_string(),
         ),
+        // The caller's view stays "unreachable"; the reason is in the log and the `tls` outcome.
+        UpstreamError::Tls { .. } => (
+            StatusCode::BAD_GATEWAY,
+            "upstream-unreachable",
+            "Upstream unreachable",
+            "the TLS handshake with the upstream failed (its certificate is not trusted here); \
+             this is not the caller's fault and operators are alerted"
+                .to_string(),
+        ),
         UpstreamError::Timeout => (
             StatusCode::GATEWAY_TIMEOUT,
             "upstream-timeout",
@@ -354,7 +364,7 @@ impl ResponseError for ApiError {
         if let Some(id) = self.upstream_request_id() {
             response
                 .extensions_mut()
-                .insert(crate::observe::UpstreamRequestId(std::sync::Arc::from(id)));
+                .insert(UpstreamRequestId(std::sync::Arc::from(id)));
         }
         response.body(self.to_body())
     }
@@ -372,7 +382,7 @@ impl actix_web::Responder for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::answer::ApiErrorAnswer;
+    use crate::upstream::ApiErrorAnswer;
 
     fn api(code: &str) -> ApiError {
         ApiError::Upstream(UpstreamError::Api(ApiErrorAnswer {

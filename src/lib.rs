@@ -1,57 +1,57 @@
 //! taskgate: an HTTP gateway in front of Tencent Cloud SSM `DescribeAsyncRequestInfo`.
 //!
 //! Internal services call `GET /tasks/{flow_id}`; taskgate signs the upstream call with centrally
-//! held credentials and answers clean JSON.
+//! held credentials, keeps every upstream call inside the account's 20 calls per second, and
+//! answers clean JSON.
 //!
-//! - `config`: settings from flags and environment, parsed and validated once
-//! - `credentials`: redacting secret types and the swappable credential store
-//! - `credentials_file`: the Tencent profile file, re-read on change (`reload`)
-//! - `callers`: caller authentication by bearer token, names for metrics and fair queueing
-//! - `signing`: TC3-HMAC-SHA256 as pure functions
-//! - `task`: flow ids, task status, the task body
-//! - `upstream`: the signed awc call and the strict reading of its answer
-//! - `lookup`: the pipeline between handler and upstream: cache, coalesce, budget, upstream
-//! - `cache`: rendered answers kept by task status (moka)
-//! - `coalesce`: one upstream fetch per flow id, shared by concurrent lookups
-//! - `budget`: the sliding-window rate limiter with its waiting room (`fair_queue`)
-//! - `resilience`: the retry budget and the circuit breaker
-//! - `waits`: long polls with one poller per task; `board`: where waiters hear answers
-//! - `error`: `ApiError` and its one mapping to problem+json
-//! - `metrics`: the Prometheus registry and typed handles
-//! - `routes`, `state`, `startup`: the HTTP surface and the application's lifecycle
-//! - `observe`: request ids, the access log and HTTP metrics around every request
-//! - `logging`: text or JSON log lines, written off the request path
+//! # Layout
+//!
+//! Folders by concern, in the order a lookup walks through them; each imports only the ones
+//! below it in this list (and the small domain files), never one above.
+//!
+//! - `app`: configuration parsed once, settings grouped by part, start-up and shutdown
+//! - `http`: the route table, the task and ops handlers, the request grammar, caller
+//!   authentication and the middleware around every request
+//! - `lookup`: the pipeline cache -> coalesce -> fetch, across replicas and with its own attempts;
+//!   the answer cache, the answer board and long polls
+//! - `budget`: the sliding window, the dispatcher and its fair queues, retry budget and breaker
 //! - `shared`: shared mode through Redis: one budget, one cache, one lookup per task
-//! - `demo`: the embedded simulated upstream behind `--demo`
-//! - `swap`: values replaced whole while requests read them (credentials, caller tokens)
-//! - `clock`: the seam for time; `civil`: calendar arithmetic without a clock
+//! - `telemetry`: metrics and their label enums, logging, the access line
+//! - `upstream`: the endpoint, TC3 signing, the client, answer parsing, TLS, the demo upstream
+//! - `credentials`: redacting secret types, the profile file, the CVM role
+//! - `support`: the clock seam, files re-read on change, locks, rounding
+//!
+//! and, directly in `src/`, the domain every folder may use: `task` (flow ids, task status, caller
+//! names), `answer` (an answer as both caches hold it) and `error` (`ApiError` and its one mapping
+//! to problem+json).
+//!
+//! # The walk of one lookup
+//!
+//! `http` parses the flow id, authenticates the caller and reads the grammar; `lookup` answers
+//! from its cache, joins the fetch under way for the flow id or starts one; the fetch looks at the
+//! shared cache and the replica already fetching (`shared`), then attempts the call: breaker,
+//! a slot from `budget`, a signed call through `upstream`; the answer is stored by status, posted
+//! to the board, and handed to every caller waiting on it. Errors flow back up as values and are
+//! mapped to HTTP once, in `error`.
 
-pub mod board;
-pub mod budget;
-pub mod cache;
-pub mod callers;
-pub mod civil;
-pub mod clock;
-pub mod coalesce;
-pub mod config;
-pub mod credentials;
-pub mod credentials_file;
-pub mod cvm_role;
-pub mod demo;
-pub mod error;
-pub mod fair_queue;
-pub mod logging;
-pub mod lookup;
-pub mod metrics;
-pub mod observe;
-pub mod reload;
-pub mod resilience;
-pub mod routes;
-pub mod shared;
-pub mod signing;
-pub mod startup;
-pub mod state;
-pub mod swap;
-pub mod task;
-pub mod upstream;
-pub mod waits;
+#![warn(unreachable_pub)]
+
+mod answer;
+mod app;
+mod budget;
+mod credentials;
+mod error;
+mod http;
+mod lookup;
+mod shared;
+mod support;
+mod task;
+mod telemetry;
+mod upstream;
+
+pub use app::{Application, Config, ConfigError, StartupError};
+pub use credentials::Credentials;
+pub use http::AppState;
+pub use task::{FlowId, FlowIdError, TaskStatus};
+pub use telemetry::logging;
+pub use upstream::{client::request_body, parse_answer, signing, UpstreamError};

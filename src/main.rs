@@ -2,8 +2,7 @@
 
 use std::process::ExitCode;
 
-use taskgate::config::Config;
-use taskgate::startup::{Application, StartupError};
+use taskgate::{logging, Application, Config, StartupError};
 
 fn main() -> ExitCode {
     let config = match Config::from_args(std::env::args_os()) {
@@ -17,7 +16,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    taskgate::logging::init(config.log_format);
+    logging::init(config.server.log_format);
 
     let result = actix_rt::System::new().block_on(async move {
         let app = Application::build(config).await?;
@@ -25,16 +24,14 @@ fn main() -> ExitCode {
             .await
             .map_err(|e| StartupError::Io("serving", e))
     });
-    let code = match result {
+    logging::flush();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            taskgate::logging::flush();
             eprintln!("taskgate: {e}");
-            return ExitCode::from(2);
+            ExitCode::from(2)
         }
-    };
-    taskgate::logging::flush();
-    code
+    }
 }
 
 /// Resolves on the first SIGTERM (what Kubernetes and systemd send) or SIGINT (Ctrl-C).

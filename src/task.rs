@@ -1,8 +1,14 @@
-//! The domain: a flow id as callers write it, the status of its task, and the task we answer with.
+//! The domain: a flow id as callers write it, the status of its task, the task we answer with,
+//! and the name of the service that asks. Imports nothing of the crate.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Serialize;
+
+/// A calling service's name, as caller authentication knows it: it picks the caller's queue for
+/// its fair share of the budget and labels its requests (never a token).
+pub(crate) type CallerName = Arc<str>;
 
 /// A validated SSM `FlowID`: a decimal integer from 0 to 2^63-1, written with digits only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

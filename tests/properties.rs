@@ -2,8 +2,8 @@
 //! answer from the upstream. Neither may panic, and each accepts exactly what it should.
 
 use proptest::prelude::*;
-use taskgate::task::{FlowId, TaskStatus};
-use taskgate::upstream::parse_answer;
+use taskgate::parse_answer;
+use taskgate::{FlowId, TaskStatus};
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2_000))]
@@ -77,6 +77,6 @@ proptest! {
     fn error_bodies_win_whatever_the_status(code in "[A-Za-z]{1,20}(\\.[A-Za-z]{1,20})?", status in 100u16..600) {
         let body = serde_json::json!({"Response": {"Error": {"Code": code, "Message": "m"}, "RequestId": "r"}});
         let error = parse_answer(FlowId::new(1).unwrap(), status, body.to_string().as_bytes()).unwrap_err();
-        prop_assert!(matches!(error, taskgate::upstream::UpstreamError::Api(ref a) if a.code == code));
+        prop_assert!(matches!(error, taskgate::UpstreamError::Api(ref a) if a.code == code));
     }
 }

@@ -3,10 +3,10 @@
 //! vector, and Tencent's published documentation example.
 
 use serde_json::Value;
-use taskgate::credentials::Credentials;
+use taskgate::request_body;
 use taskgate::signing::*;
-use taskgate::task::FlowId;
-use taskgate::upstream::client::request_body;
+use taskgate::Credentials;
+use taskgate::FlowId;
 
 fn vectors() -> Value {
     let text = include_str!("data/tc3_vectors.json");

@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use taskgate::task::FlowId;
-use taskgate::upstream::parse_answer;
+use taskgate::FlowId;
+use taskgate::parse_answer;
 
 fuzz_target!(|data: &[u8]| {
     let (status, body) = match data {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use redis::Script;
 
-use super::{Redis, Unavailable};
+use super::connection::{Redis, Unavailable};
 
 const TAKE: &str = r#"
 local t = redis.call('TIME')
@@ -35,7 +35,7 @@ return redis.call('ZADD', KEYS[1], 'XX', 'LT', 'CH', now + tonumber(ARGV[2]), AR
 
 /// The answer of the take script.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Take {
+pub(crate) enum Take {
     /// A slot, named by its member in the set.
     Granted(String),
     /// No slot; the earliest one frees after this long.
@@ -43,7 +43,7 @@ pub enum Take {
 }
 
 /// Scripts and names for the shared budget.
-pub struct SharedBudget {
+pub(crate) struct SharedBudget {
     take: Script,
     release: Script,
     key: String,
@@ -51,7 +51,7 @@ pub struct SharedBudget {
 }
 
 impl SharedBudget {
-    pub fn new(redis: &Redis) -> Self {
+    pub(crate) fn new(redis: &Redis) -> Self {
         Self {
             take: Script::new(TAKE),
             release: Script::new(RELEASE),
@@ -61,7 +61,7 @@ impl SharedBudget {
     }
 
     /// Takes a slot if fewer than `limit` count now; `hold` is the pessimistic lifetime.
-    pub async fn take(
+    pub(crate) async fn take(
         &self,
         redis: &Redis,
         limit: u32,
@@ -89,7 +89,7 @@ impl SharedBudget {
     }
 
     /// The answer arrived: the slot counts for `cool` more, on the server's clock.
-    pub async fn release(&self, redis: &Redis, member: &str, cool: Duration) {
+    pub(crate) async fn release(&self, redis: &Redis, member: &str, cool: Duration) {
         let mut conn = redis.connection();
         let mut invocation = self.release.key(&self.key);
         invocation.arg(member).arg(cool.as_millis() as u64);

@@ -7,11 +7,11 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::cache::{Answer, AnswerKind};
-use crate::error::ApiError;
+use crate::answer::{Answer, AnswerKind};
+use crate::error::{ApiError, PROBLEM_JSON};
 
 #[derive(Serialize, Deserialize)]
-pub struct AnswerEnvelope {
+pub(crate) struct AnswerEnvelope {
     kind: String,
     status: u16,
     content_type: String,
@@ -21,7 +21,7 @@ pub struct AnswerEnvelope {
 }
 
 #[derive(Serialize, Deserialize)]
-pub struct ErrorEnvelope {
+pub(crate) struct ErrorEnvelope {
     status: u16,
     body: String,
     retry_after_secs: Option<u64>,
@@ -30,7 +30,7 @@ pub struct ErrorEnvelope {
 
 /// What a peer publishes when its lookup ends.
 #[derive(Serialize, Deserialize)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Answer(AnswerEnvelope),
     Error(ErrorEnvelope),
 }
@@ -44,7 +44,7 @@ fn kind_name(kind: AnswerKind) -> &'static str {
 }
 
 impl AnswerEnvelope {
-    pub fn of(answer: &Answer) -> Self {
+    pub(crate) fn of(answer: &Answer) -> Self {
         Self {
             kind: kind_name(answer.kind).to_string(),
             status: answer.status,
@@ -56,7 +56,7 @@ impl AnswerEnvelope {
     }
 
     /// Rebuilds the answer with `remaining` of its lifetime left at `now`.
-    pub fn into_answer(self, now: Instant, remaining: Duration) -> Option<Answer> {
+    pub(crate) fn into_answer(self, now: Instant, remaining: Duration) -> Option<Answer> {
         let kind = match self.kind.as_str() {
             "final" => AnswerKind::Final,
             "processing" => AnswerKind::Processing,
@@ -67,7 +67,7 @@ impl AnswerEnvelope {
         let remaining = remaining.min(ttl);
         let content_type = match self.content_type.as_str() {
             "application/json" => "application/json",
-            _ => crate::error::PROBLEM_JSON,
+            _ => PROBLEM_JSON,
         };
         Some(Answer {
             kind,
@@ -84,7 +84,7 @@ impl AnswerEnvelope {
 }
 
 impl Outcome {
-    pub fn of(result: &Result<std::sync::Arc<Answer>, ApiError>) -> Self {
+    pub(crate) fn of(result: &Result<std::sync::Arc<Answer>, ApiError>) -> Self {
         match result {
             Ok(answer) => Self::Answer(AnswerEnvelope::of(answer)),
             Err(error) => Self::Error(ErrorEnvelope {
@@ -96,7 +96,7 @@ impl Outcome {
         }
     }
 
-    pub fn into_result(self, now: Instant) -> Option<Result<Answer, ApiError>> {
+    pub(crate) fn into_result(self, now: Instant) -> Option<Result<Answer, ApiError>> {
         match self {
             Self::Answer(envelope) => {
                 let ttl = Duration::from_millis(envelope.ttl_ms);

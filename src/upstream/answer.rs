@@ -84,8 +84,11 @@ pub enum UpstreamError {
         reason: String,
         request_id: Option<String>,
     },
-    /// Connecting, TLS, or the connection failed (refused, reset, closed early).
+    /// Connecting or the connection failed (refused, reset, closed early).
     Transport { reason: String },
+    /// The TLS handshake was refused: the upstream's certificate is not trusted or not valid for
+    /// its host, or no protocol could be agreed. Retrying cannot change that, so it never is.
+    Tls { reason: String },
     /// The attempt did not finish within `TASKGATE_UPSTREAM_TIMEOUT`.
     Timeout,
 }
@@ -119,7 +122,7 @@ impl UpstreamError {
                     || code == "ServiceUnavailable"
                     || code.starts_with("ServiceUnavailable.")
             }
-            Self::Malformed { .. } => false,
+            Self::Malformed { .. } | Self::Tls { .. } => false,
         }
     }
 

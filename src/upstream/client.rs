@@ -9,15 +9,15 @@ use std::time::Duration;
 use awc::http::header;
 
 use super::answer::{parse_answer, UpstreamError};
-use super::{ACTION, CONTENT_TYPE, MAX_ANSWER_BYTES, SERVICE, VERSION};
-use crate::config::Endpoint;
+use super::api::{ACTION, CONTENT_TYPE, MAX_ANSWER_BYTES, SERVICE, VERSION};
+use super::endpoint::Endpoint;
+use super::signing::{sign, SigningInput};
 use crate::credentials::Credentials;
-use crate::signing::{sign, SigningInput};
 use crate::task::{FlowId, Task};
 
 /// Where and how to call, shared by all workers.
 #[derive(Debug, Clone)]
-pub struct UpstreamTarget {
+pub(crate) struct UpstreamTarget {
     pub endpoint: Endpoint,
     pub region: Option<String>,
     pub attempt_timeout: Duration,
@@ -26,7 +26,7 @@ pub struct UpstreamTarget {
 }
 
 /// `X-TC-RequestClient`: names taskgate and its version in Tencent's logs and support tickets.
-pub const REQUEST_CLIENT: &str = concat!("taskgate/", env!("CARGO_PKG_VERSION"));
+pub(crate) const REQUEST_CLIENT: &str = concat!("taskgate/", env!("CARGO_PKG_VERSION"));
 
 /// The request body for one flow id. Compact JSON; the bytes hashed are the bytes sent.
 pub fn request_body(flow_id: FlowId) -> Vec<u8> {
@@ -35,13 +35,13 @@ pub fn request_body(flow_id: FlowId) -> Vec<u8> {
 
 /// One worker's client.
 #[derive(Clone)]
-pub struct UpstreamClient {
+pub(crate) struct UpstreamClient {
     http: awc::Client,
     target: Arc<UpstreamTarget>,
 }
 
 impl UpstreamClient {
-    pub fn new(target: Arc<UpstreamTarget>) -> Self {
+    pub(crate) fn new(target: Arc<UpstreamTarget>) -> Self {
         let connector = awc::Connector::new()
             .rustls_0_23(Arc::clone(&target.tls))
             .timeout(target.connect_timeout)
@@ -59,7 +59,7 @@ impl UpstreamClient {
 
     /// One attempt, signed with `timestamp` (Unix seconds, taken by the caller just before).
     /// Bounded by the attempt timeout from connect to the last byte, so a dripping body is cut.
-    pub async fn describe(
+    pub(crate) async fn describe(
         &self,
         credentials: &Credentials,
         flow_id: FlowId,
@@ -149,10 +149,15 @@ impl UpstreamClient {
 }
 
 fn transport_error(error: awc::error::SendRequestError) -> UpstreamError {
-    use awc::error::SendRequestError as E;
+    use awc::error::{ConnectError, SendRequestError as E};
     match error {
         E::Timeout => UpstreamError::Timeout,
-        E::Connect(awc::error::ConnectError::Timeout) => UpstreamError::Timeout,
+        E::Connect(ConnectError::Timeout) => UpstreamError::Timeout,
+        E::Connect(ConnectError::Io(io)) if tls_failure(&io).is_some() => UpstreamError::Tls {
+            reason: tls_failure(&io)
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        },
         E::Connect(e) => UpstreamError::Transport {
             reason: format!("connect failed: {e}"),
         },
@@ -160,4 +165,10 @@ fn transport_error(error: awc::error::SendRequestError) -> UpstreamError {
             reason: other.to_string(),
         },
     }
+}
+
+/// The rustls error behind a failed connect, if the handshake is what failed (tokio-rustls hands
+/// it up wrapped in an `io::Error`).
+fn tls_failure(error: &std::io::Error) -> Option<&rustls::Error> {
+    error.get_ref()?.downcast_ref::<rustls::Error>()
 }

@@ -1,22 +1,24 @@
-//! The one upstream call taskgate makes: SSM `DescribeAsyncRequestInfo`.
+//! The one upstream call taskgate makes: SSM `DescribeAsyncRequestInfo`, signed and sent.
 //!
-//! `answer` turns bytes into a task or a classified error (pure, fuzzable); `client` signs and
-//! sends over awc; `tls` builds the rustls configuration once.
+//! - `api`: the action's fixed names: service, action, version, content type
+//! - `endpoint`: where the calls go (`TASKGATE_UPSTREAM_ENDPOINT`) and the `Host` that is signed
+//! - `signing`: TC3-HMAC-SHA256 as pure functions, one per step of Tencent's document
+//! - `client`: one signed attempt over awc, with its timeouts
+//! - `answer`: bytes to a task or a classified error (pure, fuzzable)
+//! - `tls`: the rustls configuration, built once
+//! - `demo`: the embedded simulated SSM behind `--demo`
 
-pub mod answer;
-pub mod client;
-pub mod tls;
+pub(crate) mod answer;
+mod api;
+pub(crate) mod client;
+pub(crate) mod demo;
+pub(crate) mod endpoint;
+pub mod signing;
+pub(crate) mod tls;
 
-pub use answer::{parse_answer, ErrorFamily, UpstreamError};
-pub use client::{UpstreamClient, UpstreamTarget};
-
-/// Tencent Cloud's name for the service, as signed in the credential scope.
-pub const SERVICE: &str = "ssm";
-/// The only action taskgate ever signs.
-pub const ACTION: &str = "DescribeAsyncRequestInfo";
-/// The API version of that action.
-pub const VERSION: &str = "2019-09-23";
-/// The content type sent and signed; exactly this string, as the SDKs send it.
-pub const CONTENT_TYPE: &str = "application/json";
-/// Upper bound on an answer's size; real answers are a few hundred bytes.
-pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+pub(crate) use answer::ApiErrorAnswer;
+pub(crate) use answer::ErrorFamily;
+pub use answer::{parse_answer, UpstreamError};
+pub(crate) use client::{UpstreamClient, UpstreamTarget};
+pub(crate) use demo::DemoUpstream;
+pub(crate) use endpoint::{Endpoint, DEFAULT_ENDPOINT};

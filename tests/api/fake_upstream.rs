@@ -74,6 +74,8 @@ struct Shared {
     keys: Vec<(String, String)>,
     /// Seconds the fake's clock is ahead of the real one (negative: behind).
     clock_offset: i64,
+    /// TCP connections accepted, TLS handshakes that failed included.
+    connections: usize,
 }
 
 /// A running fake; dropped with the test.
@@ -111,6 +113,7 @@ impl FakeUpstream {
                     let Ok((stream, _)) = listener.accept().await else {
                         continue;
                     };
+                    thread_shared.lock().unwrap().connections += 1;
                     let shared = Arc::clone(&thread_shared);
                     let tls = tls.clone();
                     tokio::spawn(async move {
@@ -132,6 +135,11 @@ impl FakeUpstream {
             url: format!("{scheme}://127.0.0.1:{port}"),
             shared,
         }
+    }
+
+    /// TCP connections accepted so far (each failed TLS handshake is one).
+    pub fn connections(&self) -> usize {
+        self.shared.lock().unwrap().connections
     }
 
     /// Scripts the reply for one flow id.

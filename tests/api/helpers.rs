@@ -7,8 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use taskgate::config::Config;
-use taskgate::startup::Application;
+use taskgate::Application;
+use taskgate::Config;
 
 use crate::fake_upstream::{FakeUpstream, FAKE_SECRET_ID, FAKE_SECRET_KEY};
 
@@ -16,7 +16,7 @@ pub struct TestApp {
     pub base: String,
     pub fake: FakeUpstream,
     pub client: awc::Client,
-    pub state: actix_web::web::Data<taskgate::state::AppState>,
+    pub state: actix_web::web::Data<taskgate::AppState>,
 }
 
 /// A parsed answer.

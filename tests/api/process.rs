@@ -33,7 +33,7 @@ fn help_lists_every_setting_with_its_default() {
         ("TASKGATE_LISTEN", Some("0.0.0.0:8080")),
         (
             "TASKGATE_UPSTREAM_ENDPOINT",
-            Some("https://ssm.tencentcloudapi.com"),
+            Some("https://ssm.intl.tencentcloudapi.com"),
         ),
         ("TASKGATE_REGION", None),
         ("TENCENTCLOUD_REGION", None),

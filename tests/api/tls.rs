@@ -7,7 +7,7 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::fake_upstream::FakeUpstream;
-use crate::helpers::spawn_app_with;
+use crate::helpers::{metric_value, spawn_app_with};
 
 struct TlsFake {
     fake: FakeUpstream,
@@ -16,6 +16,20 @@ struct TlsFake {
 
 fn tls_fake(name: &str) -> TlsFake {
     let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    tls_fake_with(name, certified.cert, certified.signing_key)
+}
+
+/// A fake whose own certificate is a CA (`CA:TRUE`), as a hand-made self-signed one often is.
+fn tls_fake_with_a_ca_as_its_certificate(name: &str) -> TlsFake {
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    tls_fake_with(name, cert, key)
+}
+
+fn tls_fake_with(name: &str, cert: rcgen::Certificate, signing_key: rcgen::KeyPair) -> TlsFake {
+    let certified = rcgen::CertifiedKey { cert, signing_key };
     let ca_file = std::env::temp_dir().join(format!(
         "taskgate-test-ca-{name}-{}.pem",
         std::process::id()
@@ -77,6 +91,45 @@ async fn an_untrusted_certificate_is_refused() {
         app.fake.call_count(),
         0,
         "no request crossed an unverified connection"
+    );
+    let _ = std::fs::remove_file(ca_file);
+}
+
+#[actix_rt::test]
+async fn a_certificate_failure_is_not_retried() {
+    // rustls refuses a CA certificate served as the end entity (CaUsedAsEndEntity), even when
+    // it is the one trusted: an answer that no retry can change.
+    let TlsFake { fake, ca_file } = tls_fake_with_a_ca_as_its_certificate("ca-as-leaf");
+    let ca = ca_file.to_str().unwrap().to_string();
+    let app = spawn_app_with(fake, &["--upstream-ca-file", &ca]).await;
+
+    let answer = app.task(79).await;
+
+    assert_eq!(answer.status, 502);
+    assert_eq!(
+        answer.json()["type"],
+        "urn:taskgate:problem:upstream-unreachable"
+    );
+    assert_eq!(app.fake.call_count(), 0);
+    assert_eq!(app.fake.connections(), 1, "one handshake, no retry");
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"taskgate_upstream_calls_total{code="none",outcome="tls"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(&metrics, "taskgate_upstream_retries_total"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"taskgate_circuit_breaker_state{state="closed"}"#
+        ),
+        Some(1.0)
     );
     let _ = std::fs::remove_file(ca_file);
 }

@@ -1,0 +1,380 @@
+//! The budget every worker (and, with Redis, every replica) takes upstream slots from.
+//!
+//! Lookups that find no slot wait in a bounded queue, one FIFO per caller served round-robin
+//! (`fair_queue`); one dispatcher task hands out slots as they free up. A full queue or a wait
+//! past `TASKGATE_MAX_QUEUE_WAIT` (or the caller's deadline) is refused with a `Retry-After`
+//! computed from the queue as it is. The window itself is `window::BudgetState`, wrapped here with
+//! a lock, the queue's channels and the dispatcher; with Redis, slots come from the shared budget
+//! while Redis is healthy and from a local share while it is not.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+
+use super::fair_queue::{FairQueue, QueueKey};
+use super::window::{BudgetConfig, BudgetState, RECOVERY_STEP};
+use crate::shared::budget::Take as SharedTake;
+use crate::shared::{Mode, Redis, SharedBudget};
+use crate::support::{ceil_secs, lock, Clock};
+use crate::task::CallerName;
+use crate::telemetry::{BudgetRejection, Metrics};
+
+/// Why no slot was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub reason: BudgetRejection,
+    /// Whole seconds until a newcomer would likely get a slot (at least 1).
+    pub retry_after_secs: u64,
+}
+
+struct Waiter {
+    grant: oneshot::Sender<Permit>,
+}
+
+/// What the lock guards: the window and the waiting room, always changed together.
+struct WindowAndQueue {
+    state: BudgetState,
+    /// Lookups waiting for a slot, per caller, served round-robin.
+    queue: FairQueue<Waiter>,
+    next_waiter_id: u64,
+    /// In shared mode: when Redis said the earliest slot frees, as of the last refusal.
+    shared_free_at: Option<Instant>,
+}
+
+/// Which budget a slot came from; decides how it is released.
+enum Slot {
+    Local,
+    Shared(String),
+}
+
+/// The answer of one attempt to take a slot.
+enum Take {
+    Granted(Slot),
+    /// Nothing before this instant (or before a wake-up).
+    WaitUntil(Instant),
+}
+
+/// The budget shared by every worker (and, with Redis, by every replica).
+pub(crate) struct Budget {
+    locked: Mutex<WindowAndQueue>,
+    wake: Arc<Notify>,
+    config: BudgetConfig,
+    /// How long an attempt may take at most: a shared slot is held at least that long plus a
+    /// window until its release lowers it.
+    attempt_timeout: Duration,
+    redis: Option<(Arc<Redis>, SharedBudget)>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+}
+
+/// A slot for one upstream call. Dropping it (when the answer has arrived, or the call failed)
+/// starts the slot's cooling window.
+pub(crate) struct Permit {
+    budget: Arc<Budget>,
+    slot: Option<Slot>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let now = self.budget.clock.now();
+        match self.slot.take() {
+            Some(Slot::Local) | None => self.budget.lock().state.release(now),
+            Some(Slot::Shared(member)) => {
+                let budget = Arc::clone(&self.budget);
+                tokio::spawn(async move {
+                    if let Some((redis, scripts)) = &budget.redis {
+                        let cool = budget.config.window + budget.config.margin;
+                        scripts.release(redis, &member, cool).await;
+                    }
+                });
+            }
+        }
+        self.budget.wake.notify_one();
+    }
+}
+
+impl Drop for Budget {
+    fn drop(&mut self) {
+        // Lets the dispatcher see that the budget is gone and end.
+        self.wake.notify_one();
+    }
+}
+
+impl Budget {
+    /// Builds the budget and starts its dispatcher on the current runtime. With `redis`, slots
+    /// come from the shared budget while Redis is healthy.
+    pub(crate) fn start(
+        config: BudgetConfig,
+        attempt_timeout: Duration,
+        redis: Option<Arc<Redis>>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let budget = Arc::new(Self {
+            locked: Mutex::new(WindowAndQueue {
+                state: BudgetState::new(config),
+                queue: FairQueue::default(),
+                next_waiter_id: 0,
+                shared_free_at: None,
+            }),
+            wake: Arc::new(Notify::new()),
+            config,
+            attempt_timeout,
+            redis: redis.map(|r| {
+                let scripts = SharedBudget::new(&r);
+                (r, scripts)
+            }),
+            clock,
+            metrics,
+        });
+        let weak = Arc::downgrade(&budget);
+        let wake_signal = Arc::clone(&budget.wake);
+        tokio::spawn(async move {
+            // Runs while the budget exists; a weak handle lets it end with the application.
+            loop {
+                let wake = wake_signal.notified();
+                let Some(budget) = weak.upgrade() else { return };
+                let next = budget.dispatch().await;
+                drop(budget);
+                match next {
+                    Some(at) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(at) => {}
+                            _ = wake => {}
+                        }
+                    }
+                    None => wake.await,
+                }
+            }
+        });
+        budget
+    }
+
+    fn lock(&self) -> MutexGuard<'_, WindowAndQueue> {
+        lock(&self.locked)
+    }
+
+    /// One try at a slot, from whichever budget is in force now.
+    async fn try_take(&self, now: Instant) -> Take {
+        let mode = self.redis.as_ref().map(|(redis, _)| redis.mode(now));
+        match mode {
+            None => self.try_take_local(now, None),
+            Some(Mode::Degraded) => {
+                let share = self
+                    .redis
+                    .as_ref()
+                    .map(|(redis, _)| redis.local_share(self.config.limit));
+                self.try_take_local(now, share)
+            }
+            Some(Mode::Quiet { until }) => Take::WaitUntil(until),
+            Some(Mode::Shared) => {
+                let (redis, scripts) = self.redis.as_ref().expect("locked mode has Redis");
+                let limit = self.lock().state.effective_limit(now);
+                let hold = self.attempt_timeout + self.config.window + self.config.margin;
+                match scripts.take(redis, limit, hold).await {
+                    Ok(SharedTake::Granted(member)) => {
+                        self.lock().shared_free_at = None;
+                        Take::Granted(Slot::Shared(member))
+                    }
+                    Ok(SharedTake::Refused(wait)) => {
+                        let at = now + wait;
+                        self.lock().shared_free_at = Some(at);
+                        Take::WaitUntil(at)
+                    }
+                    // Redis just failed: the mode is now quiet; look again at once.
+                    Err(_) => Take::WaitUntil(now),
+                }
+            }
+        }
+    }
+
+    fn try_take_local(&self, now: Instant, cap: Option<u32>) -> Take {
+        let mut locked = self.lock();
+        if locked.state.try_take_capped(now, cap) {
+            Take::Granted(Slot::Local)
+        } else {
+            let at = locked
+                .state
+                .next_free_at(now, cap)
+                .unwrap_or(now + self.config.window);
+            Take::WaitUntil(at.max(now))
+        }
+    }
+
+    fn permit(self: &Arc<Self>, slot: Slot) -> Permit {
+        Permit {
+            budget: Arc::clone(self),
+            slot: Some(slot),
+        }
+    }
+
+    /// Hands free slots to the queue's head, in order; returns when to look again.
+    async fn dispatch(self: &Arc<Self>) -> Option<Instant> {
+        loop {
+            let now = self.clock.now();
+            let waiting = {
+                let locked = self.lock();
+                self.publish_gauges(&locked, now);
+                !locked.queue.is_empty()
+            };
+            if !waiting {
+                // Still wake for recovery so the effective-rate gauge stays truthful.
+                let recovering = self.lock().state.effective_limit(now) < self.config.limit;
+                return recovering.then(|| now + RECOVERY_STEP);
+            }
+            match self.try_take(now).await {
+                Take::Granted(slot) => {
+                    let permit = self.permit(slot);
+                    let waiter = self.lock().queue.pop();
+                    match waiter {
+                        // A waiter that gave up returns the permit, which is released on drop.
+                        Some(waiter) => drop(waiter.grant.send(permit)),
+                        None => drop(permit),
+                    }
+                }
+                Take::WaitUntil(at) if at <= now => tokio::task::yield_now().await,
+                Take::WaitUntil(at) => return Some(at),
+            }
+        }
+    }
+
+    fn publish_gauges(&self, locked: &WindowAndQueue, now: Instant) {
+        self.metrics
+            .budget_queue_depth
+            .set(locked.queue.len() as i64);
+        self.metrics
+            .budget_effective_rate
+            .set(f64::from(locked.state.effective_limit(now)));
+    }
+
+    /// `Retry-After` for a newcomer at `position` in the queue.
+    fn retry_after_secs(&self, locked: &mut WindowAndQueue, now: Instant, position: usize) -> u64 {
+        match (&self.redis, locked.shared_free_at) {
+            (Some((redis, _)), Some(free_at)) if redis.mode(now) == Mode::Shared => {
+                let limit = locked.state.effective_limit(now).max(1) as usize;
+                let round = self.config.window + self.config.margin;
+                let at = free_at.max(now) + round * (position / limit) as u32;
+                ceil_secs(at.saturating_duration_since(now)).max(1)
+            }
+            _ => locked.state.retry_after_secs(now, position),
+        }
+    }
+
+    /// Waits for a slot until `deadline` or the queue-wait bound, whichever is first, in the
+    /// caller's queue. `on_queued` is told, once, when the lookup has to wait and for about how
+    /// long.
+    pub(crate) async fn acquire(
+        self: &Arc<Self>,
+        deadline: Instant,
+        caller: Option<CallerName>,
+        on_queued: impl FnOnce(Refusal),
+    ) -> Result<Permit, Refusal> {
+        let key: QueueKey = caller.unwrap_or_else(|| Arc::from(""));
+        let now = self.clock.now();
+        if self.lock().queue.is_empty() {
+            if let Take::Granted(slot) = self.try_take(now).await {
+                self.metrics.budget_wait.observe(0.0);
+                return Ok(self.permit(slot));
+            }
+        }
+        let (id, grant) = {
+            let mut locked = self.lock();
+            let mut pushed_out = None;
+            if locked.queue.len() >= self.config.max_queue {
+                pushed_out = locked.queue.make_room_for(&key);
+                if pushed_out.is_none() {
+                    let position = locked.queue.len();
+                    let retry_after_secs = self.retry_after_secs(&mut locked, now, position);
+                    drop(locked);
+                    return Err(self.refuse(BudgetRejection::QueueFull, retry_after_secs));
+                }
+            }
+            // Its sender dropped, the pushed-out waiter hears "queue full" (outside the lock).
+            drop(pushed_out);
+            let position = locked.queue.len();
+            let (tx, rx) = oneshot::channel();
+            let id = locked.next_waiter_id;
+            locked.next_waiter_id += 1;
+            locked.queue.push(key, id, Waiter { grant: tx });
+            self.metrics
+                .budget_queue_depth
+                .set(locked.queue.len() as i64);
+            on_queued(Refusal {
+                reason: BudgetRejection::WaitTimeout,
+                retry_after_secs: self.retry_after_secs(&mut locked, now, position),
+            });
+            (id, rx)
+        };
+        self.wake.notify_one();
+
+        let give_up_at = deadline.min(now + self.config.max_queue_wait);
+        let mut grant = grant;
+        let outcome = tokio::time::timeout_at(give_up_at, &mut grant).await;
+        let waited = self.clock.now().saturating_duration_since(now);
+        match outcome {
+            Ok(Ok(permit)) => {
+                self.metrics.budget_wait.observe(waited.as_secs_f64());
+                return Ok(permit);
+            }
+            Ok(Err(_)) => {
+                // Pushed out of a full queue by a caller with fewer waiting.
+                let now = self.clock.now();
+                let mut locked = self.lock();
+                let queued = locked.queue.len();
+                let retry_after_secs = self.retry_after_secs(&mut locked, now, queued);
+                drop(locked);
+                return Err(self.refuse(BudgetRejection::QueueFull, retry_after_secs));
+            }
+            Err(_) => {}
+        }
+        let now = self.clock.now();
+        let mut locked = self.lock();
+        match locked.queue.remove(id) {
+            true => {
+                let queued = locked.queue.len();
+                self.metrics.budget_queue_depth.set(queued as i64);
+                // What a newcomer retrying now would face: everyone still queued is ahead of
+                // it. Spreads retries out instead of sending them back at once.
+                let retry_after_secs = self.retry_after_secs(&mut locked, now, queued);
+                drop(locked);
+                Err(self.refuse(BudgetRejection::WaitTimeout, retry_after_secs))
+            }
+            false => {
+                // Granted just as the wait ended: the permit is in the channel.
+                drop(locked);
+                match grant.try_recv() {
+                    Ok(permit) => {
+                        self.metrics.budget_wait.observe(waited.as_secs_f64());
+                        Ok(permit)
+                    }
+                    Err(_) => Err(self.refuse(BudgetRejection::WaitTimeout, 1)),
+                }
+            }
+        }
+    }
+
+    fn refuse(&self, reason: BudgetRejection, retry_after_secs: u64) -> Refusal {
+        self.metrics
+            .budget_rejections
+            .with_label_values(&[reason.as_str()])
+            .inc();
+        Refusal {
+            reason,
+            retry_after_secs,
+        }
+    }
+
+    /// Tencent answered `RequestLimitExceeded`.
+    pub(crate) fn throttled(&self) {
+        let now = self.clock.now();
+        let limit = {
+            let mut locked = self.lock();
+            locked.state.throttled(now);
+            locked.state.effective_limit(now)
+        };
+        self.metrics.budget_effective_rate.set(f64::from(limit));
+        self.wake.notify_one();
+    }
+}

@@ -1,0 +1,165 @@
+//! A FIFO queue per caller, served round-robin: the budget's waiting room.
+//!
+//! Each caller's lookups keep their order; callers take turns. One noisy service therefore cannot
+//! starve the others: with N callers waiting, each gets at least one slot in every N. When the
+//! room is full, a newcomer from a caller with fewer waiting than the busiest caller pushes out
+//! that caller's newest waiter instead of being refused (the busiest caller pays for the
+//! crowding it causes).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// Whose queue: a caller's name, or the empty name for unauthenticated lookups.
+pub(super) type QueueKey = crate::task::CallerName;
+
+pub(super) struct FairQueue<T> {
+    queues: HashMap<QueueKey, VecDeque<(u64, T)>>,
+    /// Callers with someone waiting, in the order they are served next.
+    turn: VecDeque<QueueKey>,
+    len: usize,
+}
+
+impl<T> Default for FairQueue<T> {
+    fn default() -> Self {
+        Self {
+            queues: HashMap::new(),
+            turn: VecDeque::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> FairQueue<T> {
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(super) fn len_of(&self, key: &QueueKey) -> usize {
+        self.queues.get(key).map_or(0, VecDeque::len)
+    }
+
+    pub(super) fn push(&mut self, key: QueueKey, id: u64, item: T) {
+        let queue = self.queues.entry(Arc::clone(&key)).or_default();
+        if queue.is_empty() {
+            self.turn.push_back(key);
+        }
+        queue.push_back((id, item));
+        self.len += 1;
+    }
+
+    /// The next waiter: the head of the caller whose turn it is.
+    pub(super) fn pop(&mut self) -> Option<T> {
+        let key = self.turn.pop_front()?;
+        let queue = self.queues.get_mut(&key)?;
+        let (_, item) = queue.pop_front()?;
+        if queue.is_empty() {
+            self.queues.remove(&key);
+        } else {
+            self.turn.push_back(key);
+        }
+        self.len -= 1;
+        Some(item)
+    }
+
+    /// Takes a waiter out (it gave up); true if it was still here.
+    pub(super) fn remove(&mut self, id: u64) -> bool {
+        let Some(key) = self
+            .queues
+            .iter()
+            .find(|(_, q)| q.iter().any(|(i, _)| *i == id))
+            .map(|(k, _)| Arc::clone(k))
+        else {
+            return false;
+        };
+        let queue = self.queues.get_mut(&key).expect("found above");
+        queue.retain(|(i, _)| *i != id);
+        if queue.is_empty() {
+            self.queues.remove(&key);
+            self.turn.retain(|k| *k != key);
+        }
+        self.len -= 1;
+        true
+    }
+
+    /// Makes room for `key` when full: pushes out the newest waiter of the busiest other caller,
+    /// if that caller has more waiting than `key` would. Returns the pushed-out waiter.
+    pub(super) fn make_room_for(&mut self, key: &QueueKey) -> Option<T> {
+        let mine = self.len_of(key);
+        let (busiest, most) = self
+            .queues
+            .iter()
+            .filter(|(k, _)| *k != key)
+            .map(|(k, q)| (Arc::clone(k), q.len()))
+            .max_by_key(|(_, n)| *n)?;
+        if most <= mine + 1 {
+            return None;
+        }
+        let queue = self.queues.get_mut(&busiest)?;
+        let (_, item) = queue.pop_back()?;
+        if queue.is_empty() {
+            self.queues.remove(&busiest);
+            self.turn.retain(|k| *k != busiest);
+        }
+        self.len -= 1;
+        Some(item)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> QueueKey {
+        Arc::from(name)
+    }
+
+    #[test]
+    fn callers_take_turns_and_keep_their_own_order() {
+        let mut queue = FairQueue::default();
+        for i in 0..6 {
+            queue.push(key("noisy"), i, format!("noisy-{i}"));
+        }
+        queue.push(key("quiet"), 10, "quiet-0".to_string());
+        queue.push(key("quiet"), 11, "quiet-1".to_string());
+        let order: Vec<String> = std::iter::from_fn(|| queue.pop()).collect();
+        assert_eq!(
+            order,
+            [
+                "noisy-0", "quiet-0", "noisy-1", "quiet-1", "noisy-2", "noisy-3", "noisy-4",
+                "noisy-5"
+            ]
+        );
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn removal_keeps_the_turns_consistent() {
+        let mut queue = FairQueue::default();
+        queue.push(key("a"), 1, 1);
+        queue.push(key("b"), 2, 2);
+        assert!(queue.remove(1));
+        assert!(!queue.remove(1));
+        assert_eq!(queue.pop(), Some(2));
+        assert_eq!(queue.pop(), None);
+        assert_eq!(queue.len(), 0);
+    }
+
+    #[test]
+    fn a_full_room_pushes_out_the_busiest_callers_newest() {
+        let mut queue = FairQueue::default();
+        for i in 0..4 {
+            queue.push(key("noisy"), i, i);
+        }
+        assert_eq!(queue.make_room_for(&key("quiet")), Some(3));
+        assert_eq!(queue.len(), 3);
+        queue.push(key("quiet"), 9, 9);
+        // Balanced enough: no more pushing out.
+        queue.push(key("quiet"), 10, 10);
+        assert_eq!(queue.make_room_for(&key("quiet")), None);
+        assert_eq!(queue.make_room_for(&key("noisy")), None);
+    }
+}

@@ -1,0 +1,282 @@
+//! The limiter's pure state: at most N calls in any sliding one-second window, as Tencent counts
+//! them. Every method takes `now`; nothing here reads a clock, sleeps or locks.
+//!
+//! A call holds a slot from the moment it is sent until its answer arrives, and then for one more
+//! window plus a margin. Tencent counts a call when it arrives, which is somewhere between our send
+//! and our receipt of the answer; counting it until `answer + window` therefore guarantees that no
+//! window *at the upstream* sees more than N arrivals, whatever the latency. (Counting only from
+//! the send would not: a slow call can arrive late and share a window with later ones.)
+//!
+//! When Tencent throttles us anyway (other clients share the account), the effective limit is
+//! halved (at most once per window, never below a quarter of the configured limit) and then
+//! recovers by one call per second each second: additive increase, multiplicative decrease, so
+//! the gateway stops fighting the other clients without starving its own callers.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::support::ceil_secs;
+
+/// How long the effective limit takes to grow by one call per second after throttling.
+pub(super) const RECOVERY_STEP: Duration = Duration::from_secs(1);
+
+/// Settings from configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct BudgetConfig {
+    pub limit: u32,
+    pub window: Duration,
+    pub margin: Duration,
+    pub max_queue: usize,
+    pub max_queue_wait: Duration,
+}
+
+/// The pure state of the limiter.
+#[derive(Debug)]
+pub(super) struct BudgetState {
+    config: BudgetConfig,
+    in_flight: usize,
+    /// When each recently answered call stops counting, ascending.
+    cooling: VecDeque<Instant>,
+    /// Set by throttling: the reduced limit and when it was set.
+    reduced: Option<(u32, Instant)>,
+}
+
+impl BudgetState {
+    pub(super) fn new(config: BudgetConfig) -> Self {
+        Self {
+            config,
+            in_flight: 0,
+            cooling: VecDeque::new(),
+            reduced: None,
+        }
+    }
+
+    fn purge(&mut self, now: Instant) {
+        while self.cooling.front().is_some_and(|until| *until <= now) {
+            self.cooling.pop_front();
+        }
+    }
+
+    /// Slots counted now: calls in flight plus answered calls still inside their window.
+    pub(super) fn used(&mut self, now: Instant) -> usize {
+        self.purge(now);
+        self.in_flight + self.cooling.len()
+    }
+
+    /// The limit in force: configured, or reduced after throttling and recovering.
+    pub(super) fn effective_limit(&self, now: Instant) -> u32 {
+        match self.reduced {
+            None => self.config.limit,
+            Some((reduced, since)) => {
+                let steps = now.saturating_duration_since(since).as_secs_f64()
+                    / RECOVERY_STEP.as_secs_f64();
+                let recovered = f64::from(reduced) + steps.floor();
+                recovered.min(f64::from(self.config.limit)) as u32
+            }
+        }
+    }
+
+    /// Takes a slot if one is free now.
+    #[cfg(test)]
+    pub(crate) fn try_take(&mut self, now: Instant) -> bool {
+        self.try_take_capped(now, None)
+    }
+
+    /// The limit in force under an optional `cap` (the local share while Redis is down).
+    fn capped_limit(&self, now: Instant, cap: Option<u32>) -> u32 {
+        cap.map_or(self.effective_limit(now), |cap| {
+            cap.min(self.effective_limit(now))
+        })
+    }
+
+    /// Takes a slot if one is free now under the effective limit and `cap` (the local share
+    /// while Redis is down).
+    pub(super) fn try_take_capped(&mut self, now: Instant, cap: Option<u32>) -> bool {
+        let limit = self.capped_limit(now, cap);
+        if self.used(now) < limit as usize {
+            self.in_flight += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A call's answer arrived at `now`: it keeps counting for one window plus the margin.
+    pub(super) fn release(&mut self, now: Instant) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let until = now + self.config.window + self.config.margin;
+        // `now` is monotonic across callers but taken before the lock, so keep the order exact.
+        let at = self.cooling.partition_point(|t| *t <= until);
+        self.cooling.insert(at, until);
+    }
+
+    /// The lowest the effective limit goes: a quarter of the configured one (at least 1), so
+    /// persistent throttling slows the gateway down without starving its callers.
+    fn floor(&self) -> u32 {
+        (self.config.limit / 4).max(1)
+    }
+
+    /// Tencent throttled us: halve the effective limit (once per window), then recover.
+    pub(super) fn throttled(&mut self, now: Instant) {
+        if let Some((_, since)) = self.reduced {
+            if now.saturating_duration_since(since) < self.config.window {
+                return;
+            }
+        }
+        let halved = (self.effective_limit(now) / 2).max(self.floor());
+        self.reduced = Some((halved, now));
+    }
+
+    /// When the next slot may free up under `cap` (now, if one is free). None when every slot
+    /// is in flight: a release will say so.
+    pub(super) fn next_free_at(&mut self, now: Instant, cap: Option<u32>) -> Option<Instant> {
+        if self.used(now) < self.capped_limit(now, cap) as usize {
+            return Some(now);
+        }
+        let cooling = self.cooling.front().copied();
+        let recovery = self
+            .reduced
+            .filter(|_| self.effective_limit(now) < self.config.limit)
+            .map(|(_, since)| {
+                let steps = now.saturating_duration_since(since).as_secs() + 1;
+                since + RECOVERY_STEP * steps as u32
+            });
+        match (cooling, recovery) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// When the lookup at queue position `position` (0 = next) would likely get a slot.
+    /// Slots free at their cooling ends; calls in flight are assumed to answer now; after the
+    /// known slots, each further round of `limit` waiters takes one more window.
+    pub(super) fn estimate_slot_at(&mut self, now: Instant, position: usize) -> Instant {
+        let limit = self.effective_limit(now).max(1) as usize;
+        let round = self.config.window + self.config.margin;
+        let mut free: Vec<Instant> = Vec::with_capacity(limit);
+        let idle = limit.saturating_sub(self.used(now));
+        free.extend(std::iter::repeat_n(now, idle));
+        free.extend(self.cooling.iter().copied());
+        free.extend(std::iter::repeat_n(now + round, self.in_flight));
+        free.sort();
+        free.truncate(limit);
+        while free.len() < limit {
+            free.push(now + round);
+        }
+        let rounds = (position / limit) as u32;
+        free[position % limit] + round * rounds
+    }
+
+    /// `Retry-After` for a newcomer at `position`, in whole seconds (at least 1).
+    pub(super) fn retry_after_secs(&mut self, now: Instant, position: usize) -> u64 {
+        let at = self.estimate_slot_at(now, position);
+        ceil_secs(at.saturating_duration_since(now)).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(limit: u32) -> BudgetConfig {
+        BudgetConfig {
+            limit,
+            window: Duration::from_secs(1),
+            margin: Duration::from_millis(50),
+            max_queue: 10,
+            max_queue_wait: Duration::from_secs(2),
+        }
+    }
+
+    #[test]
+    fn allows_a_burst_up_to_the_limit_then_waits_a_window_after_the_answers() {
+        let t0 = Instant::now();
+        let mut state = BudgetState::new(config(3));
+        assert!(state.try_take(t0) && state.try_take(t0) && state.try_take(t0));
+        assert!(!state.try_take(t0));
+        // Answers arrive 200 ms later; the slots stay taken for a window plus margin after that.
+        let answered = t0 + Duration::from_millis(200);
+        for _ in 0..3 {
+            state.release(answered);
+        }
+        assert!(!state.try_take(t0 + Duration::from_millis(1_000)));
+        assert_eq!(
+            state.next_free_at(t0 + Duration::from_millis(1_000), None),
+            Some(answered + Duration::from_millis(1_050))
+        );
+        assert!(state.try_take(answered + Duration::from_millis(1_050)));
+    }
+
+    #[test]
+    fn a_cap_below_the_limit_is_waited_out_not_spun_on() {
+        let t0 = Instant::now();
+        let mut state = BudgetState::new(config(20));
+        for _ in 0..6 {
+            assert!(state.try_take_capped(t0, Some(6)));
+        }
+        assert!(!state.try_take_capped(t0, Some(6)));
+        // All six in flight: nothing frees until a release (which wakes the dispatcher).
+        assert_eq!(state.next_free_at(t0, Some(6)), None);
+        state.release(t0);
+        let next = state.next_free_at(t0, Some(6)).unwrap();
+        assert!(
+            next > t0,
+            "a future instant, never 'now' while the cap is full"
+        );
+    }
+
+    #[test]
+    fn a_slow_call_keeps_its_slot_until_it_answers() {
+        let t0 = Instant::now();
+        let mut state = BudgetState::new(config(1));
+        assert!(state.try_take(t0));
+        assert!(
+            !state.try_take(t0 + Duration::from_secs(5)),
+            "still in flight"
+        );
+    }
+
+    #[test]
+    fn throttling_halves_then_recovers_one_per_second() {
+        let t0 = Instant::now();
+        let mut state = BudgetState::new(config(20));
+        state.throttled(t0);
+        assert_eq!(state.effective_limit(t0), 10);
+        state.throttled(t0 + Duration::from_millis(500));
+        assert_eq!(
+            state.effective_limit(t0 + Duration::from_millis(500)),
+            10,
+            "once per window"
+        );
+        assert_eq!(state.effective_limit(t0 + Duration::from_secs(3)), 13);
+        assert_eq!(state.effective_limit(t0 + Duration::from_secs(60)), 20);
+    }
+
+    #[test]
+    fn persistent_throttling_stops_at_a_quarter_of_the_limit() {
+        let t0 = Instant::now();
+        let mut state = BudgetState::new(config(20));
+        for second in 0..10 {
+            let now = t0 + Duration::from_secs(second) + Duration::from_millis(10 * second);
+            state.throttled(now);
+            assert!(state.effective_limit(now) >= 5);
+        }
+        assert_eq!(state.effective_limit(t0 + Duration::from_millis(9_090)), 5);
+    }
+
+    #[test]
+    fn retry_after_follows_the_queue() {
+        let t0 = Instant::now();
+        let mut state = BudgetState::new(config(2));
+        assert!(state.try_take(t0) && state.try_take(t0));
+        state.release(t0);
+        state.release(t0);
+        // Both slots free at t0 + 1.05 s: positions 0 and 1 get them, 2 and 3 one round later.
+        assert_eq!(state.retry_after_secs(t0, 0), 2);
+        assert_eq!(state.retry_after_secs(t0, 1), 2);
+        assert_eq!(state.retry_after_secs(t0, 2), 3);
+        assert_eq!(state.retry_after_secs(t0, 5), 4);
+    }
+}

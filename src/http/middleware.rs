@@ -1,0 +1,134 @@
+//! The middleware around every request: request id, access log line, HTTP metrics.
+//!
+//! `X-Request-Id` is taken from the caller when it is sane (1-128 characters of letters, digits,
+//! `-`, `_`, `.`, `:`), generated otherwise; it is returned on the response, sent upstream as
+//! `X-TC-TraceId`, and written in the access log, so one request can be followed end to end.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::ResponseError;
+use actix_web::{web, HttpMessage};
+
+use super::state::AppState;
+use crate::error::{ApiError, MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_URI_LENGTH};
+use crate::telemetry::access::{self, AccessRecord};
+use crate::telemetry::{CallerLabel, RequestId, Route, UpstreamRequestId};
+
+const REQUEST_ID_HEADER: &str = "x-request-id";
+
+fn is_sane(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// A fresh id: 128 random bits in hex.
+fn generate_request_id() -> Arc<str> {
+    use std::fmt::Write as _;
+    let mut id = String::with_capacity(32);
+    let _ = write!(id, "{:032x}", fastrand::u128(..));
+    Arc::from(id)
+}
+
+pub(crate) async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let started = Instant::now();
+    // An overlong target is refused before anything reads it.
+    let target_length = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    let refusal = if target_length > MAX_URI_LENGTH {
+        Some(ApiError::UriTooLong)
+    } else if req.headers().len() > MAX_HEADER_COUNT || header_bytes > MAX_HEADER_BYTES {
+        Some(ApiError::HeadersTooLarge)
+    } else {
+        None
+    };
+    if let Some(refusal) = refusal {
+        let response = refusal.error_response();
+        return Ok(req.into_response(response).map_into_right_body());
+    }
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let route = Route::of_path(req.path());
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| is_sane(id))
+        .map_or_else(generate_request_id, Arc::from);
+    req.extensions_mut()
+        .insert(RequestId(Arc::clone(&request_id)));
+    let method = req.method().clone();
+
+    let mut response = next.call(req).await?.map_into_left_body();
+
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
+    }
+    if let Some(state) = state {
+        state
+            .metrics
+            .record_http(route, status, elapsed.as_secs_f64());
+        let caller = response
+            .request()
+            .extensions()
+            .get::<CallerLabel>()
+            .cloned();
+        if let Some(caller) = &caller {
+            state.metrics.record_caller(&caller.0);
+        }
+        if state.access_log {
+            let served = response
+                .headers()
+                .get("x-cache")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            let upstream_request_id = response
+                .response()
+                .extensions()
+                .get::<UpstreamRequestId>()
+                .map(|id| Arc::clone(&id.0));
+            access::access(&AccessRecord {
+                method: method.as_str(),
+                route: route.template(),
+                status,
+                duration: elapsed,
+                served,
+                upstream_request_id: upstream_request_id.as_deref(),
+                caller: caller.as_ref().map(|c| &*c.0),
+                request_id: &request_id,
+            });
+        }
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_sane_ids_are_kept() {
+        assert!(is_sane("abc-123_X.y:z"));
+        assert!(!is_sane(""));
+        assert!(!is_sane("has space"));
+        assert!(!is_sane("new\nline"));
+        assert!(!is_sane(&"a".repeat(129)));
+        assert_eq!(generate_request_id().len(), 32);
+    }
+}

@@ -1,0 +1,120 @@
+//! `GET /tasks/{flow_id}`: read the request, ask the lookup (and hold a long poll), render the
+//! answer with headers that say how it was served and for how long it may be reused.
+
+use std::sync::Arc;
+
+use actix_web::http::{header, Method, StatusCode};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use tokio::time::Instant;
+
+use super::auth::authenticate;
+use super::grammar::{caller_timeout, requested_wait, Wait};
+use super::state::AppState;
+use crate::answer::AnswerKind;
+use crate::error::ApiError;
+use crate::lookup::{Lookup, LookupContext, LookupService, WaitService};
+use crate::support::ceil_secs;
+use crate::task::FlowId;
+use crate::telemetry::{RequestId, Served, UpstreamRequestId};
+use crate::upstream::UpstreamClient;
+
+/// `Allow` of the task route.
+const TASK_METHODS: &str = "GET, HEAD";
+
+/// The flow id text of a request under `/tasks`: what follows `/tasks/` in the matched
+/// (percent-decoded) path. `/tasks` itself is no route, and only GET and HEAD are served.
+fn flow_id_text(req: &HttpRequest) -> Result<&str, ApiError> {
+    let text = req
+        .match_info()
+        .unprocessed()
+        .strip_prefix('/')
+        .ok_or(ApiError::RouteNotFound)?;
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return Err(ApiError::MethodNotAllowed {
+            allow: TASK_METHODS,
+        });
+    }
+    Ok(text)
+}
+
+/// Everything under `/tasks`: GET and HEAD of `/tasks/{flow_id}`.
+pub(super) async fn get_task(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    lookup: web::Data<LookupService>,
+    waits: web::Data<WaitService>,
+    client: web::Data<UpstreamClient>,
+) -> Result<HttpResponse, ApiError> {
+    let raw = flow_id_text(&req)?;
+    // Who asks comes next: an unauthenticated caller learns nothing, not even about its input.
+    let caller = authenticate(&req, &state)?;
+    let flow_id = FlowId::parse(raw).map_err(ApiError::InvalidFlowId)?;
+    let timeout = caller_timeout(&req, state.request_timeout)?;
+    let wait = requested_wait(&req, waits.max_wait())?;
+    let trace_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|id| Arc::clone(&id.0));
+    let context = LookupContext {
+        deadline: lookup.clock().now() + timeout,
+        trace_id,
+        caller,
+    };
+    let mut found = lookup.lookup(&client, flow_id, &context).await?;
+    if let Some(wait) = wait {
+        found = waits
+            .into_inner()
+            .wait(&client, flow_id, found, wait.duration, context.caller)
+            .await;
+    }
+    let mut response = render(&state, &found, lookup.clock().now());
+    if let Some(Wait {
+        from_prefer: true,
+        duration,
+    }) = wait
+    {
+        response.headers_mut().insert(
+            header::HeaderName::from_static("preference-applied"),
+            header::HeaderValue::from_str(&format!("wait={}", duration.as_secs()))
+                .expect("digits are a valid header value"),
+        );
+    }
+    Ok(response)
+}
+
+/// A task or a remembered not-found, with headers that say how it was served and for how long
+/// it may be reused.
+fn render(state: &AppState, found: &Lookup, now: Instant) -> HttpResponse {
+    let answer = &found.answer;
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+    let mut response = HttpResponse::build(status);
+    // Static and pre-built header values: a cache hit copies no header bytes.
+    response.insert_header((
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(answer.content_type),
+    ));
+    match answer.kind {
+        AnswerKind::Final => {
+            response.insert_header((header::CACHE_CONTROL, state.final_cache_control.clone()))
+        }
+        AnswerKind::Processing | AnswerKind::NotFound => response.insert_header((
+            header::CACHE_CONTROL,
+            format!("max-age={}", ceil_secs(answer.remaining(now))),
+        )),
+    };
+    if found.served == Served::Stale {
+        response.insert_header((header::WARNING, "111 - \"Revalidation Failed\""));
+    }
+    if let Some(id) = &answer.upstream_request_id {
+        response
+            .extensions_mut()
+            .insert(UpstreamRequestId(Arc::clone(id)));
+    }
+    response
+        .insert_header((header::AGE, answer.age_secs(now)))
+        .insert_header((
+            header::HeaderName::from_static("x-cache"),
+            header::HeaderValue::from_static(found.served.as_str()),
+        ))
+        .body(answer.body.clone())
+}

@@ -1,0 +1,202 @@
+//! The lookup pipeline between the HTTP handler and the upstream: cache -> coalesce -> fetch,
+//! and back: store by status, post to the answer board, wake the followers.
+//!
+//! 1. A fresh cached answer is served at once (`X-Cache: hit`).
+//! 2. Otherwise the lookup joins the fetch under way for its flow id, or leads a new one. The fetch
+//!    runs detached on the leader's worker, bounded by the configured request timeout, so no
+//!    caller's disconnect or short deadline cancels it for the others.
+//! 3. The fetch looks across replicas (`replicas`), then makes its own attempts (`attempts`).
+//! 4. Answers are stored by status (final, processing, not found); errors are shared with the
+//!    followers of this fetch but never stored. A failed refresh of a processing task is answered
+//!    with its last known status while stale-if-error allows.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::board::AnswerBoard;
+use super::cache::{AnswerCache, CacheLookup};
+use super::coalesce::{wait_for, Coalescer, Fetched, Leader, Origin, Role};
+use super::context::LookupContext;
+use super::replicas::Fetcher;
+use crate::answer::Answer;
+use crate::error::ApiError;
+use crate::support::Clock;
+use crate::task::FlowId;
+use crate::telemetry::{Metrics, Served};
+use crate::upstream::UpstreamClient;
+
+/// What a lookup produced and how.
+pub(crate) struct Lookup {
+    pub answer: Arc<Answer>,
+    pub served: Served,
+}
+
+struct Inner {
+    cache: AnswerCache,
+    coalescer: Arc<Coalescer>,
+    fetcher: Fetcher,
+    board: Arc<AnswerBoard>,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+    fetch_timeout: Duration,
+}
+
+/// Shared lookup state, built once and handed to every worker.
+#[derive(Clone)]
+pub(crate) struct LookupService {
+    inner: Arc<Inner>,
+}
+
+impl LookupService {
+    pub(crate) fn new(
+        cache: AnswerCache,
+        fetcher: Fetcher,
+        board: Arc<AnswerBoard>,
+        fetch_timeout: Duration,
+    ) -> Self {
+        let metrics = Arc::clone(&fetcher.attempts.metrics);
+        let clock = Arc::clone(&fetcher.attempts.clock);
+        Self {
+            inner: Arc::new(Inner {
+                cache,
+                coalescer: Arc::new(Coalescer::default()),
+                fetcher,
+                board,
+                metrics,
+                clock,
+                fetch_timeout,
+            }),
+        }
+    }
+
+    pub(crate) fn clock(&self) -> &dyn Clock {
+        self.inner.clock.as_ref()
+    }
+
+    /// Looks up one task, answering by `context.deadline` at the latest.
+    pub(crate) async fn lookup(
+        &self,
+        client: &UpstreamClient,
+        flow_id: FlowId,
+        context: &LookupContext,
+    ) -> Result<Lookup, ApiError> {
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        let stale = match inner.cache.lookup(flow_id, now).await {
+            CacheLookup::Fresh(answer) => {
+                inner.metrics.cache_lookups_hit.inc();
+                return Ok(Lookup {
+                    answer,
+                    served: Served::Hit,
+                });
+            }
+            CacheLookup::Stale(answer) => Some(answer),
+            CacheLookup::Miss => None,
+        };
+        let (result, role) = self.fetch_or_join(client, flow_id, now, context).await;
+        let result = match (result, stale) {
+            // The refresh failed on the upstream's side: the last known status beats an error.
+            (Err(error), Some(stale))
+                if error.status().is_server_error()
+                    && !stale.usable(inner.clock.now()).is_zero() =>
+            {
+                log::debug!("serving a stale processing status: {error}");
+                Ok(Lookup {
+                    answer: stale,
+                    served: Served::Stale,
+                })
+            }
+            (result, _) => result,
+        };
+        // Counted once, by how the caller was finally served (a failed lookup by its role).
+        inner
+            .metrics
+            .record_lookup(result.as_ref().map_or(role, |found| found.served));
+        result
+    }
+
+    /// Leads a fetch for this flow id or joins the one under way, and waits for its result.
+    /// Also says which it was (`Miss` for the leader, `Coalesced` for a follower).
+    async fn fetch_or_join(
+        &self,
+        client: &UpstreamClient,
+        flow_id: FlowId,
+        now: Instant,
+        context: &LookupContext,
+    ) -> (Result<Lookup, ApiError>, Served) {
+        let deadline = context.deadline;
+        let inner = &self.inner;
+        match inner.coalescer.join(flow_id) {
+            Role::Leader(leader, receiver) => {
+                // The fetch has its own deadline, the longest any caller may have.
+                let fetch_context = LookupContext {
+                    deadline: now + inner.fetch_timeout,
+                    ..context.clone()
+                };
+                let service = self.clone();
+                let client = client.clone();
+                // Detached: the fetch finishes for the followers even if this caller leaves.
+                actix_rt::spawn(async move {
+                    service.fetch(leader, &client, flow_id, fetch_context).await;
+                });
+                let result = wait_for(receiver, deadline).await;
+                let served = match &result {
+                    Ok(Fetched {
+                        origin: Origin::SharedCache,
+                        ..
+                    }) => Served::Hit,
+                    Ok(Fetched {
+                        origin: Origin::Peer,
+                        ..
+                    }) => Served::Coalesced,
+                    _ => Served::Miss,
+                };
+                let found = result.map(|fetched| Lookup {
+                    answer: fetched.answer,
+                    served,
+                });
+                (found, Served::Miss)
+            }
+            Role::Follower(receiver) => {
+                inner.metrics.coalesced_waiters.inc();
+                let result = wait_for(receiver, deadline).await;
+                inner.metrics.coalesced_waiters.dec();
+                let found = result.map(|fetched| Lookup {
+                    answer: fetched.answer,
+                    served: Served::Coalesced,
+                });
+                (found, Served::Coalesced)
+            }
+        }
+    }
+
+    /// The leader's fetch, bounded by its deadline: stores the answer locally, posts it to the
+    /// answer board and publishes the result to the followers.
+    async fn fetch(
+        &self,
+        leader: Leader,
+        client: &UpstreamClient,
+        flow_id: FlowId,
+        context: LookupContext,
+    ) {
+        let inner = &self.inner;
+        inner.metrics.inflight_fetches.inc();
+        let work = inner.fetcher.fetch(&leader, client, flow_id, &context);
+        let result = match tokio::time::timeout_at(context.deadline, work).await {
+            Ok(result) => result,
+            Err(_) => Err(ApiError::DeadlineExceeded),
+        };
+        if let Ok(fetched) = &result {
+            inner
+                .cache
+                .insert(flow_id, Arc::clone(&fetched.answer))
+                .await;
+            // Wakes long polls on this task at once, whoever's lookup learned the answer.
+            inner.board.post(flow_id, &fetched.answer);
+        }
+        inner.metrics.inflight_fetches.dec();
+        leader.finish(result);
+    }
+}

@@ -1,0 +1,21 @@
+//! What operators see: metrics, logs, and the access line of every request.
+//!
+//! - `labels`: the enums and closed lists metric labels take (never flow ids or secrets)
+//! - `metrics`: the Prometheus registry and typed handles
+//! - `logging`: text or JSON lines on standard error, written off the request path
+//! - `access`: the access-log line (target `taskgate::access`)
+//! - `request`: what a request is known by: its id, its caller, the upstream's RequestId
+
+pub(crate) mod access;
+pub(crate) mod labels;
+pub mod logging;
+mod metrics;
+pub(crate) mod request;
+
+pub(crate) use labels::{
+    BreakerState, BudgetRejection, Route, Served, SharedMode, WaitEnd, ANONYMOUS_CALLER,
+    REJECTED_CALLER,
+};
+pub(crate) use logging::LogFormat;
+pub(crate) use metrics::Metrics;
+pub(crate) use request::{CallerLabel, RequestId, UpstreamRequestId};
