@@ -39,6 +39,12 @@ pub enum ApiError {
     MethodNotAllowed { allow: &'static str },
     /// The upstream failed or refused; carries what it said.
     Upstream(UpstreamError),
+    /// Tencent kept throttling this lookup's calls (`RequestLimitExceeded`) through its bounded
+    /// retries; `Retry-After` follows the back-off in force.
+    Throttled {
+        error: UpstreamError,
+        retry_after_secs: u64,
+    },
     /// Our own limiter has no budget for this lookup within its wait bound.
     BudgetExhausted { retry_after_secs: u64 },
     /// The caller's deadline passed while the lookup was still under way.
@@ -168,7 +174,7 @@ impl ApiError {
                 "Internal error",
                 detail.clone(),
             ),
-            Self::Upstream(error) => upstream_parts(error),
+            Self::Upstream(error) | Self::Throttled { error, .. } => upstream_parts(error),
             Self::Relayed { status, .. } => part(
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY),
                 "relayed",
@@ -181,9 +187,11 @@ impl ApiError {
     /// Seconds a client should wait before retrying, when the answer is 503.
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
-            Self::BudgetExhausted { retry_after_secs } | Self::CircuitOpen { retry_after_secs } => {
-                Some((*retry_after_secs).max(1))
-            }
+            Self::BudgetExhausted { retry_after_secs }
+            | Self::CircuitOpen { retry_after_secs }
+            | Self::Throttled {
+                retry_after_secs, ..
+            } => Some((*retry_after_secs).max(1)),
             Self::Relayed {
                 retry_after_secs, ..
             } => *retry_after_secs,
@@ -195,7 +203,7 @@ impl ApiError {
     /// The upstream RequestId, for the access log and the problem body.
     pub fn upstream_request_id(&self) -> Option<&str> {
         match self {
-            Self::Upstream(e) => e.request_id(),
+            Self::Upstream(e) | Self::Throttled { error: e, .. } => e.request_id(),
             Self::Relayed {
                 upstream_request_id,
                 ..

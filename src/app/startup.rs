@@ -135,6 +135,7 @@ impl Application {
             callers,
             cache,
             config.lookup.request_timeout,
+            config.budget.max_queue_wait,
             access::access_log_enabled(config.server.access_log),
         ));
 

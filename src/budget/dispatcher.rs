@@ -1,9 +1,9 @@
 //! The budget every worker (and, with Redis, every replica) takes upstream slots from.
 //!
-//! Lookups that find no slot wait in a bounded queue, one FIFO per caller served round-robin
-//! (`fair_queue`); one dispatcher task hands out slots as they free up. A full queue or a wait
-//! past `TASKGATE_MAX_QUEUE_WAIT` (or the caller's deadline) is refused with a `Retry-After`
-//! computed from the queue as it is. The window itself is `window::BudgetState`, wrapped here with
+//! Calls that find no slot wait in the schedule (`schedule`): tasks nothing is known about first,
+//! fair across callers, then refreshes, the stalest first; a call nobody wants any more leaves it
+//! without a slot. One dispatcher task hands out slots as they free up. A full schedule refuses
+//! with a `Retry-After` computed from the queue as it is. The window itself is `window::BudgetState`, wrapped here with
 //! a lock, the queue's channels and the dispatcher; with Redis, slots come from the shared budget
 //! while Redis is healthy and from a local share while it is not.
 
@@ -13,13 +13,15 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use super::fair_queue::{FairQueue, QueueKey};
+use super::fair_queue::QueueKey;
+use super::interest::{Interest, Priority};
+use super::schedule::{Next, Schedule};
 use super::window::{BudgetConfig, BudgetState, RECOVERY_STEP};
-use crate::shared::budget::Take as SharedTake;
+use crate::shared::budget::{Take as SharedTake, TakeFor};
 use crate::shared::{Mode, Redis, SharedBudget};
 use crate::support::{ceil_secs, lock, Clock};
 use crate::task::CallerName;
-use crate::telemetry::{BudgetRejection, Metrics};
+use crate::telemetry::{BudgetRejection, Metrics, ScheduleClass};
 
 /// Why no slot was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,15 +31,25 @@ pub(crate) struct Refusal {
     pub retry_after_secs: u64,
 }
 
+/// What a fetch asks the budget for.
+pub(crate) struct SlotAsk {
+    /// Whose queue an unknown task waits in.
+    pub caller: Option<CallerName>,
+    pub priority: Priority,
+    /// Until when anyone wants the call; every lookup of the task extends it.
+    pub interest: Arc<Interest>,
+    /// The fetch's own deadline: never waited past.
+    pub deadline: Instant,
+}
+
 struct Waiter {
     grant: oneshot::Sender<Permit>,
 }
 
-/// What the lock guards: the window and the waiting room, always changed together.
+/// What the lock guards: the window and the schedule, always changed together.
 struct WindowAndQueue {
     state: BudgetState,
-    /// Lookups waiting for a slot, per caller, served round-robin.
-    queue: FairQueue<Waiter>,
+    queue: Schedule<Waiter>,
     next_waiter_id: u64,
     /// In shared mode: when Redis said the earliest slot frees, as of the last refusal.
     shared_free_at: Option<Instant>,
@@ -115,7 +127,7 @@ impl Budget {
         let budget = Arc::new(Self {
             locked: Mutex::new(WindowAndQueue {
                 state: BudgetState::new(config),
-                queue: FairQueue::default(),
+                queue: Schedule::default(),
                 next_waiter_id: 0,
                 shared_free_at: None,
             }),
@@ -156,8 +168,9 @@ impl Budget {
         lock(&self.locked)
     }
 
-    /// One try at a slot, from whichever budget is in force now.
-    async fn try_take(&self, now: Instant) -> Take {
+    /// One try at a slot for a call of `priority`, from whichever budget is in force now;
+    /// `unknown_left` is how many unknown tasks would still wait here after it.
+    async fn try_take(&self, now: Instant, priority: Priority, unknown_left: usize) -> Take {
         let mode = self.redis.as_ref().map(|(redis, _)| redis.mode(now));
         match mode {
             None => self.try_take_local(now, None),
@@ -170,10 +183,14 @@ impl Budget {
             }
             Some(Mode::Quiet { until }) => Take::WaitUntil(until),
             Some(Mode::Shared) => {
-                let (redis, scripts) = self.redis.as_ref().expect("locked mode has Redis");
+                let (redis, scripts) = self.redis.as_ref().expect("shared mode has Redis");
                 let limit = self.lock().state.effective_limit(now);
                 let hold = self.attempt_timeout + self.config.window + self.config.margin;
-                match scripts.take(redis, limit, hold).await {
+                let purpose = TakeFor {
+                    refresh: matches!(priority, Priority::Refresh { .. }),
+                    unknown_left,
+                };
+                match scripts.take(redis, limit, hold, purpose).await {
                     Ok(SharedTake::Granted(member)) => {
                         self.lock().shared_free_at = None;
                         Take::Granted(Slot::Shared(member))
@@ -210,32 +227,63 @@ impl Budget {
         }
     }
 
-    /// Hands free slots to the queue's head, in order; returns when to look again.
+    /// A slot went to a call of `priority`: counted by class, a refresh by how stale it was.
+    fn granted(&self, priority: Priority, now: Instant) {
+        self.metrics.record_scheduled(priority_class(priority));
+        if let Priority::Refresh { fetched_at } = priority {
+            self.metrics
+                .refresh_lag
+                .observe(now.saturating_duration_since(fetched_at).as_secs_f64());
+        }
+    }
+
+    /// Hands free slots to the schedule's next calls; returns when to look again.
     async fn dispatch(self: &Arc<Self>) -> Option<Instant> {
         loop {
             let now = self.clock.now();
-            let waiting = {
+            let next = {
                 let locked = self.lock();
                 self.publish_gauges(&locked, now);
-                !locked.queue.is_empty()
+                locked
+                    .queue
+                    .next_priority()
+                    .map(|priority| (priority, locked.queue.unknown_len()))
             };
-            if !waiting {
+            let Some((priority, unknown)) = next else {
                 // Still wake for recovery so the effective-rate gauge stays truthful.
                 let recovering = self.lock().state.effective_limit(now) < self.config.limit;
                 return recovering.then(|| now + RECOVERY_STEP);
-            }
-            match self.try_take(now).await {
-                Take::Granted(slot) => {
-                    let permit = self.permit(slot);
-                    let waiter = self.lock().queue.pop();
-                    match waiter {
-                        // A waiter that gave up returns the permit, which is released on drop.
-                        Some(waiter) => drop(waiter.grant.send(permit)),
-                        None => drop(permit),
-                    }
-                }
+            };
+            let unknown_left = match priority {
+                Priority::Unknown => unknown - 1,
+                Priority::Refresh { .. } => unknown,
+            };
+            match self.try_take(now, priority, unknown_left).await {
+                Take::Granted(slot) => self.hand_out(self.permit(slot), now),
                 Take::WaitUntil(at) if at <= now => tokio::task::yield_now().await,
                 Take::WaitUntil(at) => return Some(at),
+            }
+        }
+    }
+
+    /// Gives `permit` to the next call that still wants it. Calls nobody wants, and lookups that
+    /// gave up just now, pass it on; with nobody left, the slot is released unused.
+    fn hand_out(&self, mut permit: Permit, now: Instant) {
+        loop {
+            let next = self.lock().queue.pop(now);
+            match next {
+                Some(Next::Call(waiter, priority)) => match waiter.grant.send(permit) {
+                    Ok(()) => {
+                        self.granted(priority, now);
+                        return;
+                    }
+                    Err(returned) => permit = returned,
+                },
+                // Dropping the waiter tells its lookup that nobody wants the call any more.
+                Some(Next::Unwanted(_, priority)) => {
+                    self.metrics.record_unwanted(priority_class(priority));
+                }
+                None => return,
             }
         }
     }
@@ -245,12 +293,20 @@ impl Budget {
             .budget_queue_depth
             .set(locked.queue.len() as i64);
         self.metrics
+            .budget_slots_used
+            .set(locked.state.used_at(now) as i64);
+        self.metrics
             .budget_effective_rate
             .set(f64::from(locked.state.effective_limit(now)));
     }
 
     /// `Retry-After` for a newcomer at `position` in the queue.
-    fn retry_after_secs(&self, locked: &mut WindowAndQueue, now: Instant, position: usize) -> u64 {
+    fn retry_after_secs_at(
+        &self,
+        locked: &mut WindowAndQueue,
+        now: Instant,
+        position: usize,
+    ) -> u64 {
         match (&self.redis, locked.shared_free_at) {
             (Some((redis, _)), Some(free_at)) if redis.mode(now) == Mode::Shared => {
                 let limit = locked.state.effective_limit(now).max(1) as usize;
@@ -262,97 +318,124 @@ impl Budget {
         }
     }
 
-    /// Waits for a slot until `deadline` or the queue-wait bound, whichever is first, in the
-    /// caller's queue. `on_queued` is told, once, when the lookup has to wait and for about how
-    /// long.
+    /// Waits for a slot in the schedule for as long as anyone wants the call (and at most until
+    /// the fetch's deadline). `on_queued` is told, once, when the call has to wait and for about
+    /// how long.
     pub(crate) async fn acquire(
         self: &Arc<Self>,
-        deadline: Instant,
-        caller: Option<CallerName>,
+        ask: SlotAsk,
         on_queued: impl FnOnce(Refusal),
     ) -> Result<Permit, Refusal> {
-        let key: QueueKey = caller.unwrap_or_else(|| Arc::from(""));
+        let key: QueueKey = ask.caller.clone().unwrap_or_else(|| Arc::from(""));
         let now = self.clock.now();
         if self.lock().queue.is_empty() {
-            if let Take::Granted(slot) = self.try_take(now).await {
+            if let Take::Granted(slot) = self.try_take(now, ask.priority, 0).await {
                 self.metrics.budget_wait.observe(0.0);
+                self.granted(ask.priority, now);
                 return Ok(self.permit(slot));
             }
         }
-        let (id, grant) = {
+        let (id, mut grant) = {
             let mut locked = self.lock();
             let mut pushed_out = None;
             if locked.queue.len() >= self.config.max_queue {
-                pushed_out = locked.queue.make_room_for(&key);
+                pushed_out = locked.queue.make_room_for(&key, ask.priority);
                 if pushed_out.is_none() {
-                    let position = locked.queue.len();
-                    let retry_after_secs = self.retry_after_secs(&mut locked, now, position);
+                    let position = locked.queue.position_for(ask.priority);
+                    let retry_after_secs = self.retry_after_secs_at(&mut locked, now, position);
                     drop(locked);
                     return Err(self.refuse(BudgetRejection::QueueFull, retry_after_secs));
                 }
             }
             // Its sender dropped, the pushed-out waiter hears "queue full" (outside the lock).
             drop(pushed_out);
-            let position = locked.queue.len();
+            let position = locked.queue.position_for(ask.priority);
             let (tx, rx) = oneshot::channel();
             let id = locked.next_waiter_id;
             locked.next_waiter_id += 1;
-            locked.queue.push(key, id, Waiter { grant: tx });
+            locked.queue.push(
+                key,
+                id,
+                ask.priority,
+                Arc::clone(&ask.interest),
+                Waiter { grant: tx },
+            );
             self.metrics
                 .budget_queue_depth
                 .set(locked.queue.len() as i64);
             on_queued(Refusal {
                 reason: BudgetRejection::WaitTimeout,
-                retry_after_secs: self.retry_after_secs(&mut locked, now, position),
+                retry_after_secs: self.retry_after_secs_at(&mut locked, now, position),
             });
             (id, rx)
         };
         self.wake.notify_one();
 
-        let give_up_at = deadline.min(now + self.config.max_queue_wait);
-        let mut grant = grant;
-        let outcome = tokio::time::timeout_at(give_up_at, &mut grant).await;
-        let waited = self.clock.now().saturating_duration_since(now);
-        match outcome {
-            Ok(Ok(permit)) => {
-                self.metrics.budget_wait.observe(waited.as_secs_f64());
-                return Ok(permit);
-            }
-            Ok(Err(_)) => {
-                // Pushed out of a full queue by a caller with fewer waiting.
-                let now = self.clock.now();
-                let mut locked = self.lock();
-                let queued = locked.queue.len();
-                let retry_after_secs = self.retry_after_secs(&mut locked, now, queued);
-                drop(locked);
-                return Err(self.refuse(BudgetRejection::QueueFull, retry_after_secs));
-            }
-            Err(_) => {}
-        }
-        let now = self.clock.now();
-        let mut locked = self.lock();
-        match locked.queue.remove(id) {
-            true => {
-                let queued = locked.queue.len();
-                self.metrics.budget_queue_depth.set(queued as i64);
-                // What a newcomer retrying now would face: everyone still queued is ahead of
-                // it. Spreads retries out instead of sending them back at once.
-                let retry_after_secs = self.retry_after_secs(&mut locked, now, queued);
-                drop(locked);
-                Err(self.refuse(BudgetRejection::WaitTimeout, retry_after_secs))
-            }
-            false => {
-                // Granted just as the wait ended: the permit is in the channel.
-                drop(locked);
-                match grant.try_recv() {
-                    Ok(permit) => {
-                        self.metrics.budget_wait.observe(waited.as_secs_f64());
-                        Ok(permit)
+        let queued_at = now;
+        loop {
+            let give_up_at = ask.interest.wanted_until().min(ask.deadline);
+            let outcome = tokio::time::timeout_at(give_up_at, &mut grant).await;
+            let now = self.clock.now();
+            let waited = now.saturating_duration_since(queued_at);
+            match outcome {
+                Ok(Ok(permit)) => {
+                    self.metrics.budget_wait.observe(waited.as_secs_f64());
+                    return Ok(permit);
+                }
+                // Passed over as unwanted, or pushed out of a full schedule.
+                Ok(Err(_)) => return Err(self.gave_up(&ask, now, false)),
+                // Someone asked again meanwhile: still wanted, keep the place.
+                Err(_) if ask.interest.is_wanted(now) && now < ask.deadline => continue,
+                Err(_) => {
+                    let removed = self.lock().queue.remove(id);
+                    if removed {
+                        return Err(self.gave_up(&ask, now, true));
                     }
-                    Err(_) => Err(self.refuse(BudgetRejection::WaitTimeout, 1)),
+                    // Granted just as the wait ended: the permit is in the channel.
+                    return match grant.try_recv() {
+                        Ok(permit) => Ok(permit),
+                        Err(_) => Err(self.gave_up(&ask, now, false)),
+                    };
                 }
             }
         }
+    }
+
+    /// The refusal of a call that left the schedule without a slot. An unknown task left because
+    /// its callers' waits ended (they were answered 503); a refresh because nobody asked for it
+    /// any more (its callers had their answer already); otherwise it was pushed out.
+    fn gave_up(&self, ask: &SlotAsk, now: Instant, waited_out: bool) -> Refusal {
+        let mut locked = self.lock();
+        self.metrics
+            .budget_queue_depth
+            .set(locked.queue.len() as i64);
+        let position = locked.queue.position_for(ask.priority);
+        let retry_after_secs = self.retry_after_secs_at(&mut locked, now, position);
+        drop(locked);
+        let unwanted = !ask.interest.is_wanted(now) || now >= ask.deadline;
+        match (ask.priority, unwanted || waited_out) {
+            (Priority::Refresh { .. }, true) => {
+                if waited_out {
+                    self.metrics.record_unwanted(priority_class(ask.priority));
+                }
+                Refusal {
+                    reason: BudgetRejection::WaitTimeout,
+                    retry_after_secs,
+                }
+            }
+            (Priority::Unknown, true) => {
+                self.refuse(BudgetRejection::WaitTimeout, retry_after_secs)
+            }
+            (_, false) => self.refuse(BudgetRejection::QueueFull, retry_after_secs),
+        }
+    }
+
+    /// `Retry-After` for a newcomer of `priority`, from the schedule as it is now.
+    pub(crate) fn retry_after_secs(&self, priority: Priority) -> u64 {
+        let now = self.clock.now();
+        let mut locked = self.lock();
+        let position = locked.queue.position_for(priority);
+        self.retry_after_secs_at(&mut locked, now, position)
     }
 
     fn refuse(&self, reason: BudgetRejection, retry_after_secs: u64) -> Refusal {
@@ -376,5 +459,12 @@ impl Budget {
         };
         self.metrics.budget_effective_rate.set(f64::from(limit));
         self.wake.notify_one();
+    }
+}
+
+fn priority_class(priority: Priority) -> ScheduleClass {
+    match priority {
+        Priority::Unknown => ScheduleClass::Unknown,
+        Priority::Refresh { .. } => ScheduleClass::Refresh,
     }
 }

@@ -65,6 +65,11 @@ impl BudgetState {
         self.in_flight + self.cooling.len()
     }
 
+    /// Slots counted at `now`, without forgetting the ones that stopped counting (for gauges).
+    pub(crate) fn used_at(&self, now: Instant) -> usize {
+        self.in_flight + self.cooling.iter().filter(|until| **until > now).count()
+    }
+
     /// The limit in force: configured, or reduced after throttling and recovering.
     pub(super) fn effective_limit(&self, now: Instant) -> u32 {
         match self.reduced {

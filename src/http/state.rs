@@ -20,6 +20,9 @@ pub struct AppState {
     pub anonymous: Arc<str>,
     pub cache: AnswerCache,
     pub request_timeout: Duration,
+    /// How long a caller waits for budget for a task nothing is known about (a long poll: its
+    /// wait, if longer).
+    pub max_queue_wait: Duration,
     /// `Cache-Control` of final answers, rendered once.
     pub final_cache_control: actix_web::http::header::HeaderValue,
     /// Whether to write an access-log line per request.
@@ -34,6 +37,7 @@ impl AppState {
         callers: Option<Arc<CallerRegistry>>,
         cache: AnswerCache,
         request_timeout: Duration,
+        max_queue_wait: Duration,
         access_log: bool,
     ) -> Self {
         metrics.ready.set(1);
@@ -49,6 +53,7 @@ impl AppState {
             anonymous: Arc::from(ANONYMOUS_CALLER),
             cache,
             request_timeout,
+            max_queue_wait,
             final_cache_control,
             access_log,
             draining: AtomicBool::new(false),

@@ -2,6 +2,7 @@
 //! answer with headers that say how it was served and for how long it may be reused.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::http::{header, Method, StatusCode};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
@@ -55,16 +56,32 @@ pub(super) async fn get_task(
         .extensions()
         .get::<RequestId>()
         .map(|id| Arc::clone(&id.0));
+    let asked_at = lookup.clock().now();
+    let deadline = asked_at + timeout;
+    // A long poll may wait for budget as long as its own wait; anyone at least the queue wait.
+    let budget_wait = wait.map_or(state.max_queue_wait, |wait| {
+        wait.duration.max(state.max_queue_wait)
+    });
     let context = LookupContext {
-        deadline: lookup.clock().now() + timeout,
+        deadline,
+        budget_wait_until: (asked_at + budget_wait).min(deadline),
+        wanted_for: Duration::ZERO,
         trace_id,
         caller,
     };
     let mut found = lookup.lookup(&client, flow_id, &context).await?;
     if let Some(wait) = wait {
+        // The whole long poll lasts its wait, the first lookup's budget wait included.
+        let waited = lookup.clock().now().saturating_duration_since(asked_at);
         found = waits
             .into_inner()
-            .wait(&client, flow_id, found, wait.duration, context.caller)
+            .wait(
+                &client,
+                flow_id,
+                found,
+                wait.duration.saturating_sub(waited),
+                context.caller,
+            )
             .await;
     }
     let mut response = render(&state, &found, lookup.clock().now());
@@ -93,15 +110,22 @@ fn render(state: &AppState, found: &Lookup, now: Instant) -> HttpResponse {
         header::CONTENT_TYPE,
         header::HeaderValue::from_static(answer.content_type),
     ));
-    match answer.kind {
-        AnswerKind::Final => {
+    match (answer.kind, found.served) {
+        // The last known status past its interval: true for now, not to be reused.
+        (_, Served::Stale | Served::Revalidating) => response.insert_header((
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("max-age=0"),
+        )),
+        (AnswerKind::Final, _) => {
             response.insert_header((header::CACHE_CONTROL, state.final_cache_control.clone()))
         }
-        AnswerKind::Processing | AnswerKind::NotFound => response.insert_header((
+        (AnswerKind::Processing | AnswerKind::NotFound, _) => response.insert_header((
             header::CACHE_CONTROL,
             format!("max-age={}", ceil_secs(answer.remaining(now))),
         )),
     };
+    // Kept for clients that already read it (RFC 9111 made `Warning` obsolete): only when the
+    // refresh failed, not while it merely waits for its turn.
     if found.served == Served::Stale {
         response.insert_header((header::WARNING, "111 - \"Revalidation Failed\""));
     }
@@ -114,7 +138,7 @@ fn render(state: &AppState, found: &Lookup, now: Instant) -> HttpResponse {
         .insert_header((header::AGE, answer.age_secs(now)))
         .insert_header((
             header::HeaderName::from_static("x-cache"),
-            header::HeaderValue::from_static(found.served.as_str()),
+            header::HeaderValue::from_static(found.served.x_cache()),
         ))
         .body(answer.body.clone())
 }

@@ -1,7 +1,9 @@
-//! The attempts of one fetch: each passes the circuit breaker and takes a budget slot, is signed
-//! afresh and sent; throttling and transient failures are retried with exponential back-off and
-//! full jitter inside the deadline (transient ones within the retry budget). What comes back is
-//! an answer to keep (a task, or a not-found) or an error to share with this fetch's followers.
+//! The attempts of one fetch: each passes the circuit breaker and takes a slot from the schedule
+//! (at the fetch's priority, for as long as anyone wants it), is signed afresh and sent;
+//! throttling and transient failures are retried with exponential back-off and full jitter
+//! inside the deadline (transient ones within the retry budget, throttled ones a few times within
+//! a few seconds). What comes back is an answer to keep (a task, or a not-found) or an error to
+//! share with this fetch's followers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +12,7 @@ use super::cache::CachePolicy;
 use super::coalesce::Leader;
 use super::context::LookupContext;
 use crate::answer::Answer;
-use crate::budget::{Admission, Budget, Resilience};
+use crate::budget::{Admission, Budget, Priority, Resilience, SlotAsk};
 use crate::credentials::CredentialStore;
 use crate::error::ApiError;
 use crate::support::{ceil_secs, Clock};
@@ -23,6 +25,10 @@ const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
 /// Retries of one lookup after transient failures (three attempts in all), as SDKs default to.
 const MAX_TRANSIENT_RETRIES: u32 = 2;
+/// Retries of one lookup that Tencent keeps throttling, and the span they must fit in: past
+/// them the callers hear `Retry-After` rather than being held while the account is throttled.
+const MAX_THROTTLED_RETRIES: u32 = 3;
+const MAX_THROTTLED_SPAN: Duration = Duration::from_secs(5);
 
 /// What the attempts of every fetch share, built once.
 pub(crate) struct Attempts {
@@ -43,10 +49,13 @@ impl Attempts {
         client: &UpstreamClient,
         flow_id: FlowId,
         context: &LookupContext,
+        priority: Priority,
     ) -> Result<Answer, ApiError> {
         let deadline = context.deadline;
         let mut retry: u32 = 0;
         let mut transient_retries: u32 = 0;
+        let mut throttled_retries: u32 = 0;
+        let mut first_throttled: Option<tokio::time::Instant> = None;
         let mut last_error: Option<ApiError> = None;
         loop {
             let now = self.clock.now();
@@ -59,17 +68,25 @@ impl Attempts {
                     retry_after_secs: ceil_secs(until.saturating_duration_since(now)).max(1),
                 });
             }
+            let ask = SlotAsk {
+                caller: context.caller.clone(),
+                priority,
+                interest: std::sync::Arc::clone(leader.interest()),
+                deadline,
+            };
             let permit = self
                 .budget
-                .acquire(deadline, context.caller.clone(), |queued| {
-                    leader.setback(ApiError::BudgetExhausted {
+                .acquire(ask, |queued| {
+                    let error = ApiError::BudgetExhausted {
                         retry_after_secs: queued.retry_after_secs,
-                    })
+                    };
+                    leader.setback(error, self.clock.now())
                 })
                 .await
                 .map_err(|refusal| ApiError::BudgetExhausted {
                     retry_after_secs: refusal.retry_after_secs,
                 })?;
+            leader.resumed();
             if retry > 0 {
                 self.metrics.upstream_retries.inc();
             }
@@ -91,7 +108,7 @@ impl Attempts {
                     {
                         return Err(error);
                     }
-                    leader.setback(error.clone());
+                    leader.setback(error.clone(), now);
                     last_error = Some(error);
                     tokio::time::sleep(backoff).await;
                     retry += 1;
@@ -101,15 +118,26 @@ impl Attempts {
                     // An answer from a live upstream: not a breaker failure.
                     self.resilience.succeeded();
                     self.budget.throttled();
+                    let since = *first_throttled.get_or_insert(now);
                     let backoff = full_jitter(retry);
-                    let error = ApiError::Upstream(error);
-                    if now + backoff >= deadline {
+                    let retry_after_secs = ceil_secs(backoff_ceiling(retry + 1))
+                        .max(self.budget.retry_after_secs(priority))
+                        .max(1);
+                    let error = ApiError::Throttled {
+                        error,
+                        retry_after_secs,
+                    };
+                    if throttled_retries >= MAX_THROTTLED_RETRIES
+                        || now + backoff >= deadline
+                        || now + backoff >= since + MAX_THROTTLED_SPAN
+                    {
                         return Err(error);
                     }
-                    leader.setback(error.clone());
+                    leader.setback(error.clone(), now);
                     last_error = Some(error);
                     tokio::time::sleep(backoff).await;
                     retry += 1;
+                    throttled_retries += 1;
                 }
                 Ok(task) => {
                     self.resilience.succeeded();

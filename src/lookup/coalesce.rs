@@ -4,7 +4,11 @@
 //! follow it through a watch channel. Each follower waits only until its own deadline, so a stuck
 //! fetch never holds anyone past theirs, and a caller that leaves cancels nothing. While pending,
 //! the channel carries the fetch's latest setback (throttled, queued for budget), so a caller
-//! whose deadline passes learns the truthful reason rather than a bare timeout.
+//! whose wait ends learns the truthful reason rather than a bare timeout; a caller that holds a
+//! usable answer already takes the first setback as its cue to serve that answer instead.
+//!
+//! Every lookup that joins extends the fetch's interest (`budget::Interest`): the fetch keeps its
+//! place in the schedule for as long as anyone wants it, and leaves it when nobody does.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,8 +17,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::answer::Answer;
+use crate::budget::Interest;
 use crate::error::ApiError;
-use crate::support::lock;
+use crate::support::{lock, Clock};
 use crate::task::FlowId;
 
 /// Where a fetched answer came from.
@@ -38,7 +43,10 @@ pub(crate) struct Fetched {
 /// What a fetch has come to so far.
 #[derive(Debug, Clone)]
 pub(super) enum Progress {
-    Pending { setback: Option<ApiError> },
+    /// Under way; with the latest setback and when it happened.
+    Pending {
+        setback: Option<(ApiError, Instant)>,
+    },
     Done(Result<Fetched, ApiError>),
 }
 
@@ -47,13 +55,31 @@ pub(crate) struct Leader {
     flow_id: FlowId,
     sender: watch::Sender<Progress>,
     registry: Arc<Coalescer>,
+    interest: Arc<Interest>,
 }
 
 impl Leader {
-    pub(crate) fn setback(&self, error: ApiError) {
+    /// The fetch met a setback at `now`: queued for budget, throttled, or an attempt failed.
+    pub(crate) fn setback(&self, error: ApiError, now: Instant) {
         self.sender.send_replace(Progress::Pending {
-            setback: Some(error),
+            setback: Some((error, now)),
         });
+    }
+
+    /// The setback is over (a slot was granted): the fetch is calling the upstream.
+    pub(crate) fn resumed(&self) {
+        self.sender.send_if_modified(|progress| match progress {
+            Progress::Pending { setback } if setback.is_some() => {
+                *setback = None;
+                true
+            }
+            _ => false,
+        });
+    }
+
+    /// Until when anyone wants this fetch; extended by every lookup that joins it.
+    pub(crate) fn interest(&self) -> &Arc<Interest> {
+        &self.interest
     }
 
     /// Unregisters the fetch, then wakes every follower with the result. The caller stores the
@@ -77,25 +103,42 @@ pub(super) enum Role {
     Follower(watch::Receiver<Progress>),
 }
 
+/// A fetch under way: how to follow it, and its interest.
+struct InFlight {
+    receiver: watch::Receiver<Progress>,
+    interest: Arc<Interest>,
+}
+
 /// The registry of fetches under way, one per flow id.
 #[derive(Default)]
 pub(super) struct Coalescer {
-    fetches: Mutex<HashMap<FlowId, watch::Receiver<Progress>>>,
+    fetches: Mutex<HashMap<FlowId, InFlight>>,
 }
 
 impl Coalescer {
-    pub(super) fn join(self: &Arc<Self>, flow_id: FlowId) -> Role {
+    /// Leads a new fetch of `flow_id` or follows the one under way; either way the fetch is
+    /// wanted until `wanted_until` at least.
+    pub(super) fn join(self: &Arc<Self>, flow_id: FlowId, wanted_until: Instant) -> Role {
         let mut fetches = lock(&self.fetches);
-        if let Some(receiver) = fetches.get(&flow_id) {
-            return Role::Follower(receiver.clone());
+        if let Some(fetch) = fetches.get(&flow_id) {
+            fetch.interest.extend(wanted_until);
+            return Role::Follower(fetch.receiver.clone());
         }
         let (sender, receiver) = watch::channel(Progress::Pending { setback: None });
-        fetches.insert(flow_id, receiver.clone());
+        let interest = Arc::new(Interest::until(wanted_until));
+        fetches.insert(
+            flow_id,
+            InFlight {
+                receiver: receiver.clone(),
+                interest: Arc::clone(&interest),
+            },
+        );
         Role::Leader(
             Leader {
                 flow_id,
                 sender,
                 registry: Arc::clone(self),
+                interest,
             },
             receiver,
         )
@@ -106,32 +149,91 @@ impl Coalescer {
     }
 }
 
-/// Waits for a fetch's result until `deadline`.
+/// How long a lookup waits for a fetch it leads or follows.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Patience {
+    /// Until the fetch ends, or until `budget_until` while it waits for budget, or `deadline`.
+    UntilDone {
+        budget_until: Instant,
+        deadline: Instant,
+    },
+    /// Holds a usable answer already: only until the fetch's first setback, or `deadline`.
+    UntilSetback { deadline: Instant },
+}
+
+/// Waits for a fetch's result as `patience` allows. A wait that ends early returns the fetch's
+/// setback (budget exhausted, with the `Retry-After` still ahead; throttled; an attempt's error).
 pub(super) async fn wait_for(
     mut receiver: watch::Receiver<Progress>,
-    deadline: Instant,
+    patience: Patience,
+    clock: &dyn Clock,
 ) -> Result<Fetched, ApiError> {
-    let done = tokio::time::timeout_at(
-        deadline,
-        receiver.wait_for(|p| matches!(p, Progress::Done(_))),
-    )
-    .await
-    .map(|waited| {
-        waited.map(|progress| match &*progress {
-            Progress::Done(result) => result.clone(),
-            Progress::Pending { .. } => unreachable!("waited for Done"),
-        })
-    });
-    match done {
-        Ok(Ok(result)) => result,
-        Ok(Err(_)) => Err(ApiError::Internal(
-            "the shared upstream fetch ended without a result".into(),
-        )),
-        Err(_) => match &*receiver.borrow() {
-            Progress::Pending {
-                setback: Some(error),
-            } => Err(error.clone()),
-            _ => Err(ApiError::DeadlineExceeded),
-        },
+    let deadline = match patience {
+        Patience::UntilDone { deadline, .. } | Patience::UntilSetback { deadline } => deadline,
+    };
+    loop {
+        let now = clock.now();
+        let wake = {
+            let progress = receiver.borrow_and_update();
+            let setback = match &*progress {
+                Progress::Done(result) => return result.clone(),
+                Progress::Pending { setback } => setback.clone(),
+            };
+            match (patience, setback) {
+                (Patience::UntilSetback { .. }, Some((error, _))) => return Err(error),
+                (
+                    Patience::UntilDone { budget_until, .. },
+                    Some((ApiError::BudgetExhausted { retry_after_secs }, since)),
+                ) => {
+                    if now >= budget_until.min(deadline) {
+                        let waited = now.saturating_duration_since(since).as_secs();
+                        return Err(ApiError::BudgetExhausted {
+                            retry_after_secs: retry_after_secs.saturating_sub(waited).max(1),
+                        });
+                    }
+                    budget_until.min(deadline)
+                }
+                (_, setback) if now >= deadline => {
+                    return Err(setback.map_or(ApiError::DeadlineExceeded, |(error, _)| error))
+                }
+                _ => deadline,
+            }
+        };
+        tokio::select! {
+            changed = receiver.changed() => {
+                if changed.is_err() {
+                    return Err(ApiError::Internal(
+                        "the shared upstream fetch ended without a result".into(),
+                    ));
+                }
+            }
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn one_fetch_per_task_and_every_ask_extends_its_interest() {
+        let coalescer = Arc::new(Coalescer::default());
+        let flow_id = FlowId::new(7).unwrap();
+        let t0 = Instant::now();
+        let Role::Leader(leader, _) = coalescer.join(flow_id, t0 + Duration::from_secs(3)) else {
+            panic!("the first lookup leads");
+        };
+        assert!(matches!(
+            coalescer.join(flow_id, t0 + Duration::from_secs(5)),
+            Role::Follower(_)
+        ));
+        assert_eq!(
+            leader.interest().wanted_until(),
+            t0 + Duration::from_secs(5)
+        );
+        leader.finish(Err(ApiError::DeadlineExceeded));
+        assert!(matches!(coalescer.join(flow_id, t0), Role::Leader(..)));
     }
 }

@@ -2,13 +2,20 @@
 //! and back: store by status, post to the answer board, wake the followers.
 //!
 //! 1. A fresh cached answer is served at once (`X-Cache: hit`).
-//! 2. Otherwise the lookup joins the fetch under way for its flow id, or leads a new one. The fetch
-//!    runs detached on the leader's worker, bounded by the configured request timeout, so no
-//!    caller's disconnect or short deadline cancels it for the others.
-//! 3. The fetch looks across replicas (`replicas`), then makes its own attempts (`attempts`).
-//! 4. Answers are stored by status (final, processing, not found); errors are shared with the
-//!    followers of this fetch but never stored. A failed refresh of a processing task is answered
-//!    with its last known status while stale-if-error allows.
+//! 2. A processing answer past its interval is refreshed: when a slot is free at once, the caller
+//!    waits for the fresh answer as before; when the budget is short (the refresh has to queue,
+//!    or is throttled), the caller gets the last known answer at once with its true `Age`
+//!    (`X-Cache: stale`, stale-while-revalidate) and the refresh keeps its turn in the schedule,
+//!    by staleness, for as long as anyone asks. A refresh that fails is answered the same way
+//!    while stale-if-error allows.
+//! 3. Otherwise nothing usable is known: the caller waits for budget up to
+//!    `TASKGATE_MAX_QUEUE_WAIT` (a long poll: up to its wait), ahead of every refresh.
+//! 4. Either way the lookup joins the fetch under way for its flow id, or leads a new one. The
+//!    fetch runs detached on the leader's worker, bounded by the configured request timeout, so
+//!    no caller's disconnect or short deadline cancels it for the others. It looks across
+//!    replicas (`replicas`), then makes its own attempts (`attempts`).
+//! 5. Answers are stored by status (final, processing, not found); errors are shared with the
+//!    followers of this fetch but never stored.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +24,11 @@ use tokio::time::Instant;
 
 use super::board::AnswerBoard;
 use super::cache::{AnswerCache, CacheLookup};
-use super::coalesce::{wait_for, Coalescer, Fetched, Leader, Origin, Role};
+use super::coalesce::{wait_for, Coalescer, Fetched, Leader, Origin, Patience, Role};
 use super::context::LookupContext;
 use super::replicas::Fetcher;
 use crate::answer::Answer;
+use crate::budget::Priority;
 use crate::error::ApiError;
 use crate::support::Clock;
 use crate::task::FlowId;
@@ -41,6 +49,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
     fetch_timeout: Duration,
+    /// How long an ask keeps a processing task's refresh wanted: three processing intervals.
+    refresh_interest: Duration,
 }
 
 /// Shared lookup state, built once and handed to every worker.
@@ -58,8 +68,13 @@ impl LookupService {
     ) -> Self {
         let metrics = Arc::clone(&fetcher.attempts.metrics);
         let clock = Arc::clone(&fetcher.attempts.clock);
+        let refresh_interest = 3 * cache
+            .policy()
+            .processing_ttl
+            .max(Duration::from_millis(100));
         Self {
             inner: Arc::new(Inner {
+                refresh_interest,
                 cache,
                 coalescer: Arc::new(Coalescer::default()),
                 fetcher,
@@ -84,7 +99,7 @@ impl LookupService {
     ) -> Result<Lookup, ApiError> {
         let inner = &self.inner;
         let now = inner.clock.now();
-        let stale = match inner.cache.lookup(flow_id, now).await {
+        let known = match inner.cache.lookup(flow_id, now).await {
             CacheLookup::Fresh(answer) => {
                 inner.metrics.cache_lookups_hit.inc();
                 return Ok(Lookup {
@@ -95,18 +110,41 @@ impl LookupService {
             CacheLookup::Stale(answer) => Some(answer),
             CacheLookup::Miss => None,
         };
-        let (result, role) = self.fetch_or_join(client, flow_id, now, context).await;
-        let result = match (result, stale) {
-            // The refresh failed on the upstream's side: the last known status beats an error.
-            (Err(error), Some(stale))
-                if error.status().is_server_error()
-                    && !stale.usable(inner.clock.now()).is_zero() =>
-            {
-                log::debug!("serving a stale processing status: {error}");
-                Ok(Lookup {
-                    answer: stale,
-                    served: Served::Stale,
-                })
+        let ask = match &known {
+            // Known: the caller never waits for budget, and keeps the refresh wanted a while.
+            Some(stale) => Ask {
+                priority: Priority::Refresh {
+                    fetched_at: stale.fetched_at,
+                },
+                wanted_until: now + inner.refresh_interest.max(context.wanted_for),
+                patience: Patience::UntilSetback {
+                    deadline: context.deadline,
+                },
+            },
+            None => Ask {
+                priority: Priority::Unknown,
+                wanted_until: context.budget_wait_until,
+                patience: Patience::UntilDone {
+                    budget_until: context.budget_wait_until,
+                    deadline: context.deadline,
+                },
+            },
+        };
+        let (result, role) = self.fetch_or_join(client, flow_id, now, context, ask).await;
+        let result = match (result, known) {
+            // The refresh could not be had at once, or failed on the upstream's side: the last
+            // known status beats waiting or an error.
+            (Err(error), Some(stale)) if !stale.usable(inner.clock.now()).is_zero() => {
+                match stale_because(&error) {
+                    Some(served) => {
+                        log::debug!("serving the last known processing status: {error}");
+                        Ok(Lookup {
+                            answer: stale,
+                            served,
+                        })
+                    }
+                    None => Err(error),
+                }
             }
             (result, _) => result,
         };
@@ -117,18 +155,19 @@ impl LookupService {
         result
     }
 
-    /// Leads a fetch for this flow id or joins the one under way, and waits for its result.
-    /// Also says which it was (`Miss` for the leader, `Coalesced` for a follower).
+    /// Leads a fetch for this flow id or joins the one under way, and waits for its result as
+    /// `ask` allows. Also says which it was (`Miss` for the leader, `Coalesced` for a follower).
     async fn fetch_or_join(
         &self,
         client: &UpstreamClient,
         flow_id: FlowId,
         now: Instant,
         context: &LookupContext,
+        ask: Ask,
     ) -> (Result<Lookup, ApiError>, Served) {
-        let deadline = context.deadline;
         let inner = &self.inner;
-        match inner.coalescer.join(flow_id) {
+        let clock = inner.clock.as_ref();
+        match inner.coalescer.join(flow_id, ask.wanted_until) {
             Role::Leader(leader, receiver) => {
                 // The fetch has its own deadline, the longest any caller may have.
                 let fetch_context = LookupContext {
@@ -137,11 +176,14 @@ impl LookupService {
                 };
                 let service = self.clone();
                 let client = client.clone();
+                let priority = ask.priority;
                 // Detached: the fetch finishes for the followers even if this caller leaves.
                 actix_rt::spawn(async move {
-                    service.fetch(leader, &client, flow_id, fetch_context).await;
+                    service
+                        .fetch(leader, &client, flow_id, fetch_context, priority)
+                        .await;
                 });
-                let result = wait_for(receiver, deadline).await;
+                let result = wait_for(receiver, ask.patience, clock).await;
                 let served = match &result {
                     Ok(Fetched {
                         origin: Origin::SharedCache,
@@ -161,7 +203,7 @@ impl LookupService {
             }
             Role::Follower(receiver) => {
                 inner.metrics.coalesced_waiters.inc();
-                let result = wait_for(receiver, deadline).await;
+                let result = wait_for(receiver, ask.patience, clock).await;
                 inner.metrics.coalesced_waiters.dec();
                 let found = result.map(|fetched| Lookup {
                     answer: fetched.answer,
@@ -180,10 +222,13 @@ impl LookupService {
         client: &UpstreamClient,
         flow_id: FlowId,
         context: LookupContext,
+        priority: Priority,
     ) {
         let inner = &self.inner;
         inner.metrics.inflight_fetches.inc();
-        let work = inner.fetcher.fetch(&leader, client, flow_id, &context);
+        let work = inner
+            .fetcher
+            .fetch(&leader, client, flow_id, &context, priority);
         let result = match tokio::time::timeout_at(context.deadline, work).await {
             Ok(result) => result,
             Err(_) => Err(ApiError::DeadlineExceeded),
@@ -198,5 +243,24 @@ impl LookupService {
         }
         inner.metrics.inflight_fetches.dec();
         leader.finish(result);
+    }
+}
+
+/// What one lookup asks of the fetch it joins.
+struct Ask {
+    priority: Priority,
+    wanted_until: Instant,
+    patience: Patience,
+}
+
+/// Why a known processing task is answered with its last known status instead of `error`: the
+/// budget is short (the refresh queues for a slot, or Tencent throttles), or the refresh failed
+/// on the upstream's side (stale-if-error). Errors of the caller's own making are passed on.
+fn stale_because(error: &ApiError) -> Option<Served> {
+    match error {
+        ApiError::BudgetExhausted { .. } | ApiError::Throttled { .. } => Some(Served::Revalidating),
+        ApiError::Upstream(e) if e.is_throttled() => Some(Served::Revalidating),
+        error if error.status().is_server_error() => Some(Served::Stale),
+        _ => None,
     }
 }

@@ -10,6 +10,7 @@ use super::attempts::Attempts;
 use super::coalesce::{Fetched, Leader, Origin};
 use super::context::LookupContext;
 use crate::answer::Answer;
+use crate::budget::Priority;
 use crate::error::ApiError;
 use crate::shared::envelope::Outcome;
 use crate::shared::{Lease, Peers};
@@ -33,16 +34,24 @@ impl Fetcher {
         client: &UpstreamClient,
         flow_id: FlowId,
         context: &LookupContext,
+        priority: Priority,
     ) -> Result<Fetched, ApiError> {
+        let own = Own {
+            leader,
+            client,
+            flow_id,
+            context,
+            priority,
+        };
         let Some(peers) = self.peers.as_ref().filter(|p| p.redis().is_usable()) else {
-            return self.own(leader, client, flow_id, context).await;
+            return self.own(&own).await;
         };
         let clock = &self.attempts.clock;
         match peers.cached(flow_id, clock.now()).await {
             Ok(Some(answer)) => return Ok(fetched(answer, Origin::SharedCache)),
             Ok(None) => {}
             // Redis is unavailable: this replica fetches on its own, within its local share.
-            Err(_) => return self.own(leader, client, flow_id, context).await,
+            Err(_) => return self.own(&own).await,
         }
         loop {
             // Listen before looking at the lease, so the holder's publish cannot be missed.
@@ -50,13 +59,13 @@ impl Fetcher {
             match peers.try_lease(flow_id).await {
                 Err(_) => {
                     peers.unregister(flow_id);
-                    return self.own(leader, client, flow_id, context).await;
+                    return self.own(&own).await;
                 }
                 Ok(Lease::Acquired(token)) => {
                     drop(outcome);
                     peers.unregister(flow_id);
                     return self
-                        .as_lease_holder(peers, &token, leader, client, flow_id, context)
+                        .as_lease_holder(peers, &token, &own)
                         .await
                         .map(|answer| Fetched {
                             answer,
@@ -83,15 +92,21 @@ impl Fetcher {
     }
 
     /// This replica's own attempts.
-    async fn own(
-        &self,
-        leader: &Leader,
-        client: &UpstreamClient,
-        flow_id: FlowId,
-        context: &LookupContext,
-    ) -> Result<Fetched, ApiError> {
-        let answer = self.attempts.run(leader, client, flow_id, context).await?;
+    async fn own(&self, own: &Own<'_>) -> Result<Fetched, ApiError> {
+        let answer = self.attempts(own).await?;
         Ok(fetched(answer, Origin::Upstream))
+    }
+
+    async fn attempts(&self, own: &Own<'_>) -> Result<Answer, ApiError> {
+        self.attempts
+            .run(
+                own.leader,
+                own.client,
+                own.flow_id,
+                own.context,
+                own.priority,
+            )
+            .await
     }
 
     /// Fetches while holding the cross-replica lease; stores and publishes the outcome.
@@ -99,11 +114,9 @@ impl Fetcher {
         &self,
         peers: &Arc<Peers>,
         token: &str,
-        leader: &Leader,
-        client: &UpstreamClient,
-        flow_id: FlowId,
-        context: &LookupContext,
+        own: &Own<'_>,
     ) -> Result<Arc<Answer>, ApiError> {
+        let flow_id = own.flow_id;
         let keepalive = {
             let peers = Arc::clone(peers);
             let token = token.to_string();
@@ -115,11 +128,7 @@ impl Fetcher {
                 }
             })
         };
-        let result = self
-            .attempts
-            .run(leader, client, flow_id, context)
-            .await
-            .map(Arc::new);
+        let result = self.attempts(own).await.map(Arc::new);
         keepalive.abort();
         if let Ok(answer) = &result {
             let remaining = answer.remaining(self.attempts.clock.now());
@@ -128,6 +137,15 @@ impl Fetcher {
         peers.finish(flow_id, token, &Outcome::of(&result)).await;
         result
     }
+}
+
+/// What this replica's own attempts need.
+struct Own<'a> {
+    leader: &'a Leader,
+    client: &'a UpstreamClient,
+    flow_id: FlowId,
+    context: &'a LookupContext,
+    priority: Priority,
 }
 
 fn fetched(answer: Answer, origin: Origin) -> Fetched {

@@ -192,8 +192,12 @@ impl WaitService {
                     continue;
                 }
             }
+            let now = self.lookup.clock().now();
             let context = LookupContext {
-                deadline: self.lookup.clock().now() + self.config.poll_timeout,
+                deadline: now + self.config.poll_timeout,
+                budget_wait_until: now + interval,
+                // Wanted until this poller's next ask, and then some.
+                wanted_for: interval * 2,
                 trace_id: None,
                 caller: caller.clone(),
             };

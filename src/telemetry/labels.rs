@@ -5,7 +5,7 @@ use crate::upstream::{ErrorFamily, UpstreamError};
 
 /// Route templates: the only values the `route` label takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     Task,
     Healthz,
     Readyz,
@@ -14,14 +14,14 @@ pub enum Route {
 }
 
 impl Route {
-    pub const ALL: [Route; 5] = [
+    pub(crate) const ALL: [Route; 5] = [
         Route::Task,
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
         Route::Unmatched,
     ];
-    pub fn template(self) -> &'static str {
+    pub(crate) fn template(self) -> &'static str {
         match self {
             Route::Task => "/tasks/{flow_id}",
             Route::Healthz => "/healthz",
@@ -31,7 +31,7 @@ impl Route {
         }
     }
     /// The route a path is served by (the task route takes every path under `/tasks/`).
-    pub fn of_path(path: &str) -> Self {
+    pub(crate) fn of_path(path: &str) -> Self {
         match path {
             "/healthz" => Route::Healthz,
             "/readyz" => Route::Readyz,
@@ -161,7 +161,7 @@ pub(crate) fn code_label<T>(result: &Result<T, UpstreamError>) -> &'static str {
 
 /// How a lookup was served: the `X-Cache` header and the `result` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Served {
+pub(crate) enum Served {
     /// From the cache, no upstream call.
     Hit,
     /// This request's own upstream call.
@@ -170,16 +170,55 @@ pub enum Served {
     Coalesced,
     /// The last known processing status, served because its refresh failed (stale-if-error).
     Stale,
+    /// The last known processing status, served at once while its refresh waits for budget
+    /// (stale-while-revalidate); `X-Cache: stale`.
+    Revalidating,
 }
 
 impl Served {
-    pub const ALL: [Served; 4] = [Served::Hit, Served::Miss, Served::Coalesced, Served::Stale];
-    pub fn as_str(self) -> &'static str {
+    pub(crate) const ALL: [Served; 5] = [
+        Served::Hit,
+        Served::Miss,
+        Served::Coalesced,
+        Served::Stale,
+        Served::Revalidating,
+    ];
+
+    /// The `result` label.
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Served::Hit => "hit",
             Served::Miss => "miss",
             Served::Coalesced => "shared",
             Served::Stale => "stale",
+            Served::Revalidating => "revalidating",
+        }
+    }
+
+    /// The `X-Cache` value: both kinds of stale answer are `stale` to callers.
+    pub(crate) fn x_cache(self) -> &'static str {
+        match self {
+            Served::Revalidating => "stale",
+            other => other.as_str(),
+        }
+    }
+}
+
+/// The schedule's classes, by what an upstream call is for (the `class` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ScheduleClass {
+    /// A task nothing usable is known about.
+    Unknown,
+    /// The refresh of a processing task someone still wants.
+    Refresh,
+}
+
+impl ScheduleClass {
+    pub(crate) const ALL: [ScheduleClass; 2] = [ScheduleClass::Unknown, ScheduleClass::Refresh];
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ScheduleClass::Unknown => "unknown",
+            ScheduleClass::Refresh => "refresh",
         }
     }
 }
@@ -204,7 +243,7 @@ impl BudgetRejection {
 
 /// The state of shared mode (Redis), one gauge series each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SharedMode {
+pub(crate) enum SharedMode {
     /// No Redis configured: self-contained.
     Off,
     /// Using the shared budget, cache and lookups.
@@ -216,13 +255,13 @@ pub enum SharedMode {
 }
 
 impl SharedMode {
-    pub const ALL: [SharedMode; 4] = [
+    pub(crate) const ALL: [SharedMode; 4] = [
         SharedMode::Off,
         SharedMode::Shared,
         SharedMode::Quiet,
         SharedMode::Degraded,
     ];
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SharedMode::Off => "off",
             SharedMode::Shared => "shared",
@@ -234,19 +273,19 @@ impl SharedMode {
 
 /// The circuit breaker's state, one gauge series each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BreakerState {
+pub(crate) enum BreakerState {
     Closed,
     Open,
     HalfOpen,
 }
 
 impl BreakerState {
-    pub const ALL: [BreakerState; 3] = [
+    pub(crate) const ALL: [BreakerState; 3] = [
         BreakerState::Closed,
         BreakerState::Open,
         BreakerState::HalfOpen,
     ];
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             BreakerState::Closed => "closed",
             BreakerState::Open => "open",
@@ -257,7 +296,7 @@ impl BreakerState {
 
 /// How a long poll ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WaitEnd {
+pub(crate) enum WaitEnd {
     /// The task left processing.
     Completed,
     /// The wait ran out with the task still processing.
@@ -269,13 +308,13 @@ pub enum WaitEnd {
 }
 
 impl WaitEnd {
-    pub const ALL: [WaitEnd; 4] = [
+    pub(crate) const ALL: [WaitEnd; 4] = [
         WaitEnd::Completed,
         WaitEnd::TimedOut,
         WaitEnd::Shutdown,
         WaitEnd::Overflow,
     ];
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             WaitEnd::Completed => "completed",
             WaitEnd::TimedOut => "timed_out",

@@ -11,8 +11,8 @@ use prometheus::{
 };
 
 use super::labels::{
-    code_label, BreakerState, BudgetRejection, CallOutcome, Route, Served, SharedMode, WaitEnd,
-    ANONYMOUS_CALLER, KNOWN_ERROR_CODES, REJECTED_CALLER,
+    code_label, BreakerState, BudgetRejection, CallOutcome, Route, ScheduleClass, Served,
+    SharedMode, WaitEnd, ANONYMOUS_CALLER, KNOWN_ERROR_CODES, REJECTED_CALLER,
 };
 use crate::support::reload::ReloadCounters;
 use crate::upstream::{ErrorFamily, UpstreamError};
@@ -48,6 +48,7 @@ pub struct Metrics {
     pub cache_lookups_miss: IntCounter,
     pub cache_lookups_coalesced: IntCounter,
     pub cache_lookups_stale: IntCounter,
+    pub cache_lookups_revalidating: IntCounter,
     pub cache_entries: IntGauge,
     pub cache_weighted_size: IntGauge,
     pub coalesced_waiters: IntGauge,
@@ -57,6 +58,10 @@ pub struct Metrics {
     pub budget_rejections: IntCounterVec,
     pub budget_effective_rate: Gauge,
     pub budget_limit: IntGauge,
+    pub budget_slots_used: IntGauge,
+    pub scheduled_calls: IntCounterVec,
+    pub schedule_unwanted: IntCounterVec,
+    pub refresh_lag: Histogram,
     pub breaker_state: IntGaugeVec,
     pub shared_mode: IntGaugeVec,
     pub redis_errors: IntCounter,
@@ -110,7 +115,7 @@ fn histogram(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram
 }
 
 impl Metrics {
-    pub fn new(rate_limit: u32) -> Self {
+    pub(crate) fn new(rate_limit: u32) -> Self {
         let r = Registry::new();
         let http_requests = counters(
             &r,
@@ -152,6 +157,7 @@ impl Metrics {
             cache_lookups_miss: lookups(Served::Miss),
             cache_lookups_coalesced: lookups(Served::Coalesced),
             cache_lookups_stale: lookups(Served::Stale),
+            cache_lookups_revalidating: lookups(Served::Revalidating),
             http_requests,
             http_duration,
             caller_requests,
@@ -230,6 +236,29 @@ impl Metrics {
                 &r,
                 "taskgate_budget_limit",
                 "Configured upstream calls per second (TASKGATE_RATE_LIMIT).",
+            ),
+            budget_slots_used: gauge(
+                &r,
+                "taskgate_budget_slots_used",
+                "Upstream slots this replica counts in the sliding window now (calls in flight and answered within the last window), against taskgate_budget_limit.",
+            ),
+            scheduled_calls: counters(
+                &r,
+                "taskgate_scheduled_calls_total",
+                "Upstream slots handed out by the schedule, by class: unknown (a task nothing is known about, a caller waiting) or refresh (a processing task someone still wants).",
+                &["class"],
+            ),
+            schedule_unwanted: counters(
+                &r,
+                "taskgate_schedule_unwanted_total",
+                "Calls that left the schedule without a slot because nobody wanted them any more (callers gone, no recent ask), by class.",
+                &["class"],
+            ),
+            refresh_lag: histogram(
+                &r,
+                "taskgate_refresh_lag_seconds",
+                "Age of a processing answer when its refresh got an upstream slot (about the processing interval when the budget suffices; N/R seconds with N tasks processing at R calls/s).",
+                &[0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0],
             ),
             breaker_state: gauges(
                 &r,
@@ -333,6 +362,10 @@ impl Metrics {
         for served in Served::ALL {
             self.cache_lookups.with_label_values(&[served.as_str()]);
         }
+        for class in ScheduleClass::ALL {
+            self.scheduled_calls.with_label_values(&[class.as_str()]);
+            self.schedule_unwanted.with_label_values(&[class.as_str()]);
+        }
         for reason in BudgetRejection::ALL {
             self.budget_rejections.with_label_values(&[reason.as_str()]);
         }
@@ -355,7 +388,7 @@ impl Metrics {
     }
 
     /// The counters a re-read `file` (one of `RELOADED_FILES`) bumps.
-    pub fn reload_counters(&self, file: &str) -> ReloadCounters {
+    pub(crate) fn reload_counters(&self, file: &str) -> ReloadCounters {
         ReloadCounters {
             ok: self.file_reloads.with_label_values(&[file, "ok"]),
             error: self.file_reloads.with_label_values(&[file, "error"]),
@@ -363,11 +396,11 @@ impl Metrics {
     }
 
     /// Exports a caller's series at zero (caller names come from the tokens file only).
-    pub fn add_caller(&self, caller: &str) {
+    pub(crate) fn add_caller(&self, caller: &str) {
         self.caller_requests.with_label_values(&[caller]);
     }
 
-    pub fn set_breaker_state(&self, current: BreakerState) {
+    pub(crate) fn set_breaker_state(&self, current: BreakerState) {
         for state in BreakerState::ALL {
             self.breaker_state
                 .with_label_values(&[state.as_str()])
@@ -375,7 +408,7 @@ impl Metrics {
         }
     }
 
-    pub fn set_shared_mode(&self, current: SharedMode) {
+    pub(crate) fn set_shared_mode(&self, current: SharedMode) {
         for mode in SharedMode::ALL {
             self.shared_mode
                 .with_label_values(&[mode.as_str()])
@@ -383,7 +416,7 @@ impl Metrics {
         }
     }
 
-    pub fn record_upstream_call<T>(&self, result: &Result<T, UpstreamError>, seconds: f64) {
+    pub(crate) fn record_upstream_call<T>(&self, result: &Result<T, UpstreamError>, seconds: f64) {
         self.upstream_calls
             .with_label_values(&[CallOutcome::of(result).as_str(), code_label(result)])
             .inc();
@@ -391,17 +424,32 @@ impl Metrics {
     }
 
     /// Counts one lookup by how its caller was finally served.
-    pub fn record_lookup(&self, served: Served) {
+    pub(crate) fn record_lookup(&self, served: Served) {
         match served {
             Served::Hit => self.cache_lookups_hit.inc(),
             Served::Miss => self.cache_lookups_miss.inc(),
             Served::Coalesced => self.cache_lookups_coalesced.inc(),
             Served::Stale => self.cache_lookups_stale.inc(),
+            Served::Revalidating => self.cache_lookups_revalidating.inc(),
         }
     }
 
+    /// Counts one slot handed out by the schedule.
+    pub(crate) fn record_scheduled(&self, class: ScheduleClass) {
+        self.scheduled_calls
+            .with_label_values(&[class.as_str()])
+            .inc();
+    }
+
+    /// Counts one call that left the schedule unwanted.
+    pub(crate) fn record_unwanted(&self, class: ScheduleClass) {
+        self.schedule_unwanted
+            .with_label_values(&[class.as_str()])
+            .inc();
+    }
+
     /// Counts one answered request; the common series are resolved once, at start.
-    pub fn record_http(&self, route: Route, status: u16, seconds: f64) {
+    pub(crate) fn record_http(&self, route: Route, status: u16, seconds: f64) {
         let route_index = route as usize;
         match STATUSES.iter().position(|s| *s == status) {
             Some(status_index) => self.http_hot.requests[route_index][status_index].inc(),
@@ -414,13 +462,13 @@ impl Metrics {
     }
 
     /// Counts one long poll by how it ended.
-    pub fn record_wait(&self, ended: WaitEnd, held: std::time::Duration) {
+    pub(crate) fn record_wait(&self, ended: WaitEnd, held: std::time::Duration) {
         self.waits.with_label_values(&[ended.as_str()]).inc();
         self.wait_duration.observe(held.as_secs_f64());
     }
 
     /// Counts one task request for its caller.
-    pub fn record_caller(&self, caller: &str) {
+    pub(crate) fn record_caller(&self, caller: &str) {
         if caller == ANONYMOUS_CALLER {
             self.http_hot.anonymous_caller.inc();
         } else {
@@ -429,7 +477,7 @@ impl Metrics {
     }
 
     /// The text exposition of every family.
-    pub fn render(&self) -> Vec<u8> {
+    pub(crate) fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

@@ -13,8 +13,8 @@ mod metrics;
 pub(crate) mod request;
 
 pub(crate) use labels::{
-    BreakerState, BudgetRejection, Route, Served, SharedMode, WaitEnd, ANONYMOUS_CALLER,
-    REJECTED_CALLER,
+    BreakerState, BudgetRejection, Route, ScheduleClass, Served, SharedMode, WaitEnd,
+    ANONYMOUS_CALLER, REJECTED_CALLER,
 };
 pub(crate) use logging::LogFormat;
 pub(crate) use metrics::Metrics;

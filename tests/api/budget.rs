@@ -134,3 +134,31 @@ async fn throttling_by_tencent_is_retried_within_the_deadline_without_a_storm() 
         "{metrics}"
     );
 }
+
+#[actix_rt::test]
+async fn persistent_throttling_is_retried_a_few_times_then_answered_with_the_back_off() {
+    let app = spawn_app_with(FakeUpstream::start(), &[]).await;
+    app.fake
+        .script(41_000, Reply::Error("RequestLimitExceeded"));
+
+    let answer = app.task(41_000).await;
+
+    assert_eq!(answer.status, 503);
+    assert_eq!(
+        answer.json()["type"],
+        "urn:taskgate:problem:upstream-throttled"
+    );
+    let retry_after: u64 = answer.header("retry-after").unwrap().parse().unwrap();
+    assert!(retry_after >= 1);
+    let calls = app.fake.calls_for(41_000);
+    assert!(
+        (2..=4).contains(&calls),
+        "a few retries, not one per back-off until the deadline ({calls} calls)"
+    );
+    let all = app.fake.calls();
+    let span = all.last().unwrap().at.duration_since(all[0].at);
+    assert!(
+        span <= Duration::from_secs(6),
+        "within a few seconds: {span:?}"
+    );
+}

@@ -13,6 +13,7 @@ mod hardening;
 mod helpers;
 mod lifecycle;
 mod ops;
+mod overload;
 mod process;
 mod redis_server;
 mod shared_mode;

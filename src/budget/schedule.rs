@@ -1,0 +1,271 @@
+//! The schedule: who gets the next upstream slot. Pure (every method that judges interest takes
+//! `now`), so its choices are tested with a controlled clock.
+//!
+//! 1. Tasks nothing is known about, with a caller blocked on them: in arrival order, one FIFO per
+//!    caller served round-robin (`fair_queue`), so a noisy caller cannot starve the others.
+//! 2. Refreshes of processing tasks that someone still wants, the stalest answer first.
+//! 3. Never a call nobody wants: an entry whose interest has lapsed leaves without a slot.
+//!
+//! A full schedule makes room for a newcomer by pushing out a refresh (the freshest) before it
+//! pushes out a caller's newest unknown task.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::fair_queue::{FairQueue, QueueKey};
+use super::interest::{Interest, Priority};
+
+struct Entry<T> {
+    item: T,
+    interest: Arc<Interest>,
+}
+
+pub(super) struct Schedule<T> {
+    unknown: FairQueue<Entry<T>>,
+    /// Refreshes by (fetched_at, id): the stalest first, ties in arrival order.
+    refresh: BTreeMap<(Instant, u64), Entry<T>>,
+    /// Where each queued refresh is, to take it out by id.
+    refresh_keys: HashMap<u64, Instant>,
+}
+
+impl<T> Default for Schedule<T> {
+    fn default() -> Self {
+        Self {
+            unknown: FairQueue::default(),
+            refresh: BTreeMap::new(),
+            refresh_keys: HashMap::new(),
+        }
+    }
+}
+
+/// What left the schedule: the next call to make, or one that nobody wanted any more.
+pub(super) enum Next<T> {
+    Call(T, Priority),
+    Unwanted(T, Priority),
+}
+
+impl<T> Schedule<T> {
+    pub(super) fn len(&self) -> usize {
+        self.unknown.len() + self.refresh.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(super) fn unknown_len(&self) -> usize {
+        self.unknown.len()
+    }
+
+    /// The queue position a newcomer of `priority` would take (0 = next).
+    pub(super) fn position_for(&self, priority: Priority) -> usize {
+        match priority {
+            Priority::Unknown => self.unknown.len(),
+            Priority::Refresh { fetched_at } => {
+                self.unknown.len() + self.refresh.range(..(fetched_at, u64::MAX)).count()
+            }
+        }
+    }
+
+    pub(super) fn push(
+        &mut self,
+        key: QueueKey,
+        id: u64,
+        priority: Priority,
+        interest: Arc<Interest>,
+        item: T,
+    ) {
+        let entry = Entry { item, interest };
+        match priority {
+            Priority::Unknown => self.unknown.push(key, id, entry),
+            Priority::Refresh { fetched_at } => {
+                self.refresh.insert((fetched_at, id), entry);
+                self.refresh_keys.insert(id, fetched_at);
+            }
+        }
+    }
+
+    /// The class the next call would come from, if any.
+    pub(super) fn next_priority(&self) -> Option<Priority> {
+        if !self.unknown.is_empty() {
+            return Some(Priority::Unknown);
+        }
+        self.refresh
+            .keys()
+            .next()
+            .map(|(fetched_at, _)| Priority::Refresh {
+                fetched_at: *fetched_at,
+            })
+    }
+
+    /// Takes the next entry out: the head of the unknown tasks, else the stalest refresh. An
+    /// entry nobody wants any more comes out as `Unwanted`, so its slot goes to the next one.
+    pub(super) fn pop(&mut self, now: Instant) -> Option<Next<T>> {
+        if let Some(entry) = self.unknown.pop() {
+            return Some(judge(entry, Priority::Unknown, now));
+        }
+        let ((fetched_at, id), entry) = self.refresh.pop_first()?;
+        self.refresh_keys.remove(&id);
+        Some(judge(entry, Priority::Refresh { fetched_at }, now))
+    }
+
+    /// Takes an entry out by id (its lookup gave up); true if it was still queued.
+    pub(super) fn remove(&mut self, id: u64) -> bool {
+        if let Some(fetched_at) = self.refresh_keys.remove(&id) {
+            return self.refresh.remove(&(fetched_at, id)).is_some();
+        }
+        self.unknown.remove(id)
+    }
+
+    /// Makes room for a newcomer of `priority` from `key` when the schedule is full: pushes out
+    /// the freshest refresh if the newcomer is worth more, else (for an unknown task) the newest
+    /// waiter of the busiest other caller, as the fair queue decides. Returns what was pushed out.
+    pub(super) fn make_room_for(&mut self, key: &QueueKey, priority: Priority) -> Option<T> {
+        let freshest = self.refresh.keys().next_back().copied();
+        let worth_more = match (priority, freshest) {
+            (_, None) => false,
+            (Priority::Unknown, Some(_)) => true,
+            (Priority::Refresh { fetched_at }, Some((newest, _))) => fetched_at < newest,
+        };
+        if worth_more {
+            let (at, id) = freshest.expect("checked above");
+            self.refresh_keys.remove(&id);
+            return self.refresh.remove(&(at, id)).map(|entry| entry.item);
+        }
+        match priority {
+            Priority::Unknown => self.unknown.make_room_for(key).map(|entry| entry.item),
+            Priority::Refresh { .. } => None,
+        }
+    }
+}
+
+fn judge<T>(entry: Entry<T>, priority: Priority, now: Instant) -> Next<T> {
+    if entry.interest.is_wanted(now) {
+        Next::Call(entry.item, priority)
+    } else {
+        Next::Unwanted(entry.item, priority)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn key(name: &str) -> QueueKey {
+        Arc::from(name)
+    }
+
+    fn wanted_until(at: Instant) -> Arc<Interest> {
+        Arc::new(Interest::until(at))
+    }
+
+    fn drain(schedule: &mut Schedule<&'static str>, now: Instant) -> Vec<String> {
+        std::iter::from_fn(|| schedule.pop(now))
+            .map(|next| match next {
+                Next::Call(item, _) => item.to_string(),
+                Next::Unwanted(item, _) => format!("({item})"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unknown_tasks_go_before_every_refresh_and_the_stalest_refresh_first() {
+        let t0 = Instant::now();
+        let later = wanted_until(t0 + Duration::from_secs(60));
+        let mut schedule = Schedule::default();
+        let refresh = |secs| Priority::Refresh {
+            fetched_at: t0 + Duration::from_secs(secs),
+        };
+        schedule.push(key(""), 1, refresh(5), Arc::clone(&later), "fresher");
+        schedule.push(key(""), 2, refresh(1), Arc::clone(&later), "stalest");
+        schedule.push(key(""), 3, Priority::Unknown, Arc::clone(&later), "new-a");
+        schedule.push(key(""), 4, refresh(3), Arc::clone(&later), "middle");
+        schedule.push(key(""), 5, Priority::Unknown, Arc::clone(&later), "new-b");
+        assert_eq!(schedule.next_priority(), Some(Priority::Unknown));
+        assert_eq!(schedule.position_for(Priority::Unknown), 2);
+        assert_eq!(
+            schedule.position_for(refresh(2)),
+            3,
+            "after new-a, new-b, stalest"
+        );
+        assert_eq!(
+            drain(&mut schedule, t0),
+            ["new-a", "new-b", "stalest", "middle", "fresher"]
+        );
+        assert!(schedule.is_empty());
+    }
+
+    #[test]
+    fn unknown_tasks_stay_fair_across_callers() {
+        let t0 = Instant::now();
+        let later = wanted_until(t0 + Duration::from_secs(60));
+        let mut schedule = Schedule::default();
+        for (id, item) in [(1, "noisy-1"), (2, "noisy-2"), (3, "noisy-3")] {
+            schedule.push(
+                key("noisy"),
+                id,
+                Priority::Unknown,
+                Arc::clone(&later),
+                item,
+            );
+        }
+        schedule.push(
+            key("quiet"),
+            4,
+            Priority::Unknown,
+            Arc::clone(&later),
+            "quiet-1",
+        );
+        assert_eq!(
+            drain(&mut schedule, t0),
+            ["noisy-1", "quiet-1", "noisy-2", "noisy-3"]
+        );
+    }
+
+    #[test]
+    fn a_call_whose_interest_lapsed_leaves_without_a_slot() {
+        let t0 = Instant::now();
+        let mut schedule = Schedule::default();
+        let short = wanted_until(t0 + Duration::from_secs(3));
+        let long = wanted_until(t0 + Duration::from_secs(10));
+        let refresh = Priority::Refresh { fetched_at: t0 };
+        schedule.push(key(""), 1, refresh, Arc::clone(&short), "nobody-asks");
+        schedule.push(key(""), 2, refresh, Arc::clone(&long), "still-wanted");
+        let now = t0 + Duration::from_secs(4);
+        assert_eq!(drain(&mut schedule, now), ["(nobody-asks)", "still-wanted"]);
+
+        // Another ask extends the interest: the same call is wanted again.
+        schedule.push(key(""), 3, refresh, Arc::clone(&short), "asked-again");
+        short.extend(t0 + Duration::from_secs(8));
+        assert_eq!(drain(&mut schedule, now), ["asked-again"]);
+    }
+
+    #[test]
+    fn a_full_schedule_pushes_out_the_freshest_refresh_first() {
+        let t0 = Instant::now();
+        let later = wanted_until(t0 + Duration::from_secs(60));
+        let mut schedule = Schedule::default();
+        let refresh = |secs| Priority::Refresh {
+            fetched_at: t0 + Duration::from_secs(secs),
+        };
+        schedule.push(key("a"), 1, refresh(1), Arc::clone(&later), "stale");
+        schedule.push(key("a"), 2, refresh(9), Arc::clone(&later), "fresh");
+        schedule.push(key("a"), 3, Priority::Unknown, Arc::clone(&later), "new");
+        assert_eq!(
+            schedule.make_room_for(&key("b"), Priority::Unknown),
+            Some("fresh")
+        );
+        assert_eq!(schedule.make_room_for(&key("b"), refresh(0)), Some("stale"));
+        assert_eq!(
+            schedule.make_room_for(&key("b"), refresh(0)),
+            None,
+            "never an unknown task"
+        );
+        assert!(schedule.remove(3));
+        assert!(!schedule.remove(3));
+        assert!(schedule.is_empty());
+    }
+}

@@ -1,0 +1,185 @@
+//! Under overload the budget is spent by task: more tasks are processing than the budget can
+//! refresh every interval (25 tasks at 5 calls/s). Known tasks are answered at once from what is
+//! known; tasks nothing is known about go first; long polls wait for budget as long as their wait.
+//! Judged at the fake upstream (arrival order and counts) and in what callers receive.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio::time::Instant;
+
+use crate::fake_upstream::{FakeUpstream, Reply};
+use crate::helpers::{metric_value, spawn_app_with, TestApp};
+
+const RATE: &str = "5";
+const TASKS: std::ops::Range<i64> = 70_000..70_025;
+
+/// 25 processing tasks behind a budget of 5 calls/s, each answered once already.
+async fn overloaded(extra: &[&str]) -> TestApp {
+    let mut args = vec![
+        "--rate-limit",
+        RATE,
+        "--max-queue-wait",
+        "10s",
+        "--processing-ttl",
+        "200ms",
+    ];
+    args.extend_from_slice(extra);
+    let app = spawn_app_with(FakeUpstream::start(), &args).await;
+    for id in TASKS {
+        app.fake.script(id, Reply::Task(0));
+    }
+    let first = join_all(TASKS.map(|id| app.task(id))).await;
+    assert!(first.iter().all(|a| a.status == 200), "all first answered");
+    app
+}
+
+#[actix_rt::test]
+async fn a_known_task_is_answered_at_once_with_its_true_age_never_refused() {
+    let app = overloaded(&[]).await;
+
+    let mut stale = 0;
+    for _ in 0..4 {
+        // Each round wants 25 refreshes; the budget allows about one per task every 5 s.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let answers = join_all(TASKS.map(|id| app.task(id))).await;
+        for answer in &answers {
+            assert_eq!(
+                answer.status,
+                200,
+                "{}",
+                String::from_utf8_lossy(&answer.body)
+            );
+            assert_eq!(answer.json()["status"], "processing");
+            if answer.header("x-cache") == Some("stale") {
+                stale += 1;
+                assert_eq!(answer.header("cache-control"), Some("max-age=0"));
+                assert!(answer.header("warning").is_none(), "not a failure");
+                let age: u64 = answer.header("age").unwrap().parse().unwrap();
+                assert!(age <= 10, "the true age, {age} s");
+            }
+        }
+    }
+    assert!(
+        stale >= 50,
+        "most answers came from what was known ({stale})"
+    );
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"taskgate_budget_rejections_total{reason="wait_timeout"}"#
+        ),
+        Some(0.0)
+    );
+    assert!(
+        metric_value(
+            &metrics,
+            r#"taskgate_cache_lookups_total{result="revalidating"}"#
+        )
+        .unwrap()
+            >= 50.0
+    );
+    assert!(app.fake.max_calls_in_any_second() <= 5);
+}
+
+#[actix_rt::test]
+async fn a_new_task_goes_before_every_refresh() {
+    let app = overloaded(&[]).await;
+    // Keep refreshes queued: every task is asked again and again, far beyond the budget.
+    let pollers = TASKS.map(|id| {
+        let (client, base) = (app.client.clone(), app.base.clone());
+        actix_rt::spawn(async move {
+            for _ in 0..30 {
+                let _ = client.get(format!("{base}/tasks/{id}")).send().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
+    let _pollers: Vec<_> = pollers.collect();
+    app.until_metric("taskgate_budget_queue_depth", 10.0).await;
+
+    let calls_before = app.fake.call_count();
+    let answer = app.task(79_999).await;
+
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("x-cache"), Some("miss"));
+    let calls = app.fake.calls();
+    let own = calls
+        .iter()
+        .position(|c| c.flow_id == Some(79_999))
+        .expect("the new task was fetched");
+    assert!(
+        own - calls_before <= 2,
+        "at most the calls already granted arrived first, not the queued refreshes ({} did)",
+        own - calls_before
+    );
+    let metrics = app.metrics().await;
+    assert!(
+        metric_value(
+            &metrics,
+            r#"taskgate_scheduled_calls_total{class="refresh"}"#
+        )
+        .unwrap()
+            >= 1.0
+    );
+}
+
+#[actix_rt::test]
+async fn a_long_poll_waits_for_budget_as_long_as_its_wait() {
+    // A short queue wait: a plain lookup of the 25th new task would be refused with 503.
+    let app = spawn_app_with(
+        FakeUpstream::start(),
+        &["--rate-limit", RATE, "--max-queue-wait", "500ms"],
+    )
+    .await;
+    for id in TASKS {
+        app.fake
+            .script(id, Reply::Sequence(vec![Reply::Task(0), Reply::Task(1)]));
+    }
+
+    let paths: Vec<String> = TASKS.map(|id| format!("/tasks/{id}?wait=20s")).collect();
+    let answers = join_all(paths.iter().map(|path| app.get(path))).await;
+
+    for answer in &answers {
+        assert_eq!(
+            answer.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        assert_eq!(answer.json()["status"], "succeeded");
+    }
+    assert!(app.fake.max_calls_in_any_second() <= 5);
+}
+
+#[actix_rt::test]
+async fn a_completion_is_seen_within_n_over_r_plus_two_seconds() {
+    let app = overloaded(&[]).await;
+    let finished_at = Instant::now();
+    for id in TASKS {
+        app.fake.script(id, Reply::Task(1));
+    }
+
+    // Every caller polls its task every 250 ms until it sees the end.
+    let app = &app;
+    let watchers = TASKS.map(|id| async move {
+        loop {
+            let answer = app.task(id).await;
+            assert_eq!(answer.status, 200);
+            if answer.json()["status"] == "succeeded" {
+                return finished_at.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    let seen = join_all(watchers).await;
+
+    // N/R = 25 / 5 = 5 s: the stalest refresh first, so no task waits much longer than a round.
+    let slowest = seen.iter().max().unwrap();
+    assert!(
+        *slowest <= Duration::from_secs(7),
+        "last completion seen after {slowest:?}"
+    );
+    assert!(app.fake.max_calls_in_any_second() <= 5);
+}
