@@ -169,8 +169,8 @@ impl Budget {
     }
 
     /// One try at a slot for a call of `priority`, from whichever budget is in force now;
-    /// `unknown_left` is how many unknown tasks would still wait here after it.
-    async fn try_take(&self, now: Instant, priority: Priority, unknown_left: usize) -> Take {
+    /// `unknown_waiting` is how many unknown tasks wait here, this call included if it is one.
+    async fn try_take(&self, now: Instant, priority: Priority, unknown_waiting: usize) -> Take {
         let mode = self.redis.as_ref().map(|(redis, _)| redis.mode(now));
         match mode {
             None => self.try_take_local(now, None),
@@ -188,7 +188,7 @@ impl Budget {
                 let hold = self.attempt_timeout + self.config.window + self.config.margin;
                 let purpose = TakeFor {
                     refresh: matches!(priority, Priority::Refresh { .. }),
-                    unknown_left,
+                    unknown_waiting,
                 };
                 match scripts.take(redis, limit, hold, purpose).await {
                     Ok(SharedTake::Granted(member)) => {
@@ -254,11 +254,7 @@ impl Budget {
                 let recovering = self.lock().state.effective_limit(now) < self.config.limit;
                 return recovering.then(|| now + RECOVERY_STEP);
             };
-            let unknown_left = match priority {
-                Priority::Unknown => unknown - 1,
-                Priority::Refresh { .. } => unknown,
-            };
-            match self.try_take(now, priority, unknown_left).await {
+            match self.try_take(now, priority, unknown).await {
                 Take::Granted(slot) => self.hand_out(self.permit(slot), now),
                 Take::WaitUntil(at) if at <= now => tokio::task::yield_now().await,
                 Take::WaitUntil(at) => return Some(at),
@@ -329,7 +325,8 @@ impl Budget {
         let key: QueueKey = ask.caller.clone().unwrap_or_else(|| Arc::from(""));
         let now = self.clock.now();
         if self.lock().queue.is_empty() {
-            if let Take::Granted(slot) = self.try_take(now, ask.priority, 0).await {
+            let unknown = usize::from(ask.priority == Priority::Unknown);
+            if let Take::Granted(slot) = self.try_take(now, ask.priority, unknown).await {
                 self.metrics.budget_wait.observe(0.0);
                 self.granted(ask.priority, now);
                 return Ok(self.permit(slot));

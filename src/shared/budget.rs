@@ -23,24 +23,31 @@ use super::connection::{Redis, Unavailable};
 const TAKE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local replica, unknown_left, refresh = ARGV[4], tonumber(ARGV[5]), ARGV[6] == '1'
-if unknown_left > 0 then
-  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[7]), replica)
-  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[7]) + 1000)
-else
-  redis.call('ZREM', KEYS[2], replica)
+local replica, waiting, refresh = ARGV[4], tonumber(ARGV[5]), ARGV[6] == '1'
+local function unknown_word(left)
+  if left > 0 then
+    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[7]), replica)
+    redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[7]) + 1000)
+  else
+    redis.call('ZREM', KEYS[2], replica)
+  end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-if refresh and redis.call('ZCARD', KEYS[2]) > 0 then
-  return {0, tonumber(ARGV[8])}
+if refresh then
+  unknown_word(waiting)
+  if redis.call('ZCARD', KEYS[2]) > 0 then
+    return {0, tonumber(ARGV[8])}
+  end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local used = redis.call('ZCARD', KEYS[1])
 if used < tonumber(ARGV[1]) then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) + 1000)
+  if not refresh then unknown_word(waiting - 1) end
   return {1, 0}
 end
+if not refresh then unknown_word(waiting) end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {0, tonumber(first[2]) - now}
 "#;
@@ -70,8 +77,8 @@ const REFRESH_RETRY: Duration = Duration::from_millis(50);
 pub(crate) struct TakeFor {
     /// A refresh (yields to other replicas' unknown tasks) rather than an unknown task.
     pub refresh: bool,
-    /// Unknown tasks still waiting on this replica after this take.
-    pub unknown_left: usize,
+    /// Unknown tasks waiting on this replica, this take's own included when it is for one.
+    pub unknown_waiting: usize,
 }
 
 /// Scripts and names for the shared budget.
@@ -116,7 +123,7 @@ impl SharedBudget {
             .arg(&member)
             .arg(hold.as_millis() as u64)
             .arg(redis.replica_id())
-            .arg(purpose.unknown_left)
+            .arg(purpose.unknown_waiting)
             .arg(if purpose.refresh { "1" } else { "0" })
             .arg(UNKNOWN_WORD_TTL.as_millis() as u64)
             .arg(REFRESH_RETRY.as_millis() as u64);

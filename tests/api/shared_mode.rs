@@ -166,3 +166,76 @@ async fn losing_redis_degrades_safely_and_shared_mode_returns() {
         assert_eq!(ready, 200, "degraded is not down");
     }
 }
+
+#[actix_rt::test]
+async fn across_replicas_a_new_task_goes_before_another_replicas_refreshes() {
+    let Some(redis) = RedisServer::start_or_skip(
+        "across_replicas_a_new_task_goes_before_another_replicas_refreshes",
+    ) else {
+        return;
+    };
+    let fake = FakeUpstream::start();
+    let replicas = replicas(
+        &fake,
+        &redis,
+        &[
+            "--rate-limit",
+            "5",
+            "--max-queue-wait",
+            "10s",
+            "--processing-ttl",
+            "200ms",
+        ],
+    );
+    let client = client();
+    let (busy, other) = (replicas[0].base(), replicas[1].base());
+    for id in 71_000..71_020 {
+        fake.script(id, Reply::Task(0));
+    }
+    let first =
+        join_all((71_000..71_020).map(|id| get(&client, format!("{busy}/tasks/{id}")))).await;
+    assert!(first.iter().all(|(status, _, _)| *status == 200));
+
+    // The busy replica's 20 processing tasks are asked again and again: refreshes queue there.
+    let _pollers: Vec<_> = (71_000..71_020)
+        .map(|id| {
+            let (client, busy) = (client.clone(), busy.clone());
+            actix_rt::spawn(async move {
+                for _ in 0..40 {
+                    let _ = client.get(format!("{busy}/tasks/{id}")).send().await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        })
+        .collect();
+    until_metric(&client, &busy, "taskgate_budget_queue_depth", 10.0).await;
+
+    // Ten tasks nothing is known about, asked on another replica, take the next shared slots.
+    let calls_before = fake.call_count();
+    let new = 71_990..72_000;
+    let answers = join_all(
+        new.clone()
+            .map(|id| get(&client, format!("{other}/tasks/{id}"))),
+    )
+    .await;
+
+    assert!(answers
+        .iter()
+        .all(|(status, cache, _)| *status == 200 && cache.as_deref() == Some("miss")));
+    let calls = fake.calls();
+    let last_new = calls
+        .iter()
+        .rposition(|c| c.flow_id.is_some_and(|id| new.contains(&id)))
+        .expect("the new tasks were fetched");
+    let refreshes_between = calls[calls_before..last_new]
+        .iter()
+        .filter(|c| !c.flow_id.is_some_and(|id| new.contains(&id)))
+        .count();
+    assert!(
+        refreshes_between <= 3,
+        "only refreshes already granted came first, not the busy replica's queue \
+         ({refreshes_between} of {} calls)",
+        last_new - calls_before + 1
+    );
+    assert!(fake.max_calls_in_any_second() <= 5);
+}
