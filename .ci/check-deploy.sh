@@ -386,7 +386,7 @@ section "hadolint deploy/Dockerfile"
 echo "hadolint: OK"
 
 section "shellcheck"
-"$VENV/bin/shellcheck" deploy/healthcheck.sh .ci/check-deploy.sh
+"$VENV/bin/shellcheck" deploy/healthcheck.sh deploy/build-image.sh .ci/check-deploy.sh .ci/check-image.sh
 echo "shellcheck: OK"
 
 # --- Prometheus -----------------------------------------------------------------------------
