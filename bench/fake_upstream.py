@@ -11,23 +11,31 @@ POST /         body {"FlowID": n}; answers HTTP 200 with
                  --throttle-every N  RequestLimitExceeded (HTTP 200)
                Timing: every answer (and close) waits --delay-ms first; every Nth call with
                --slow-every N waits --slow-ms more.
+               --enforce-limit R: Tencent's own limit, judged on arrival: a call that is the
+               (R+1)th or later to arrive within one second (it and the calls before it less
+               than 1 s apart; refused calls count too) answers RequestLimitExceeded at once,
+               before the faults above (counted as outcome "limit_exceeded").
                --finish-after-s S: a flow id answers TaskStatus 0 (processing) until S seconds
                after its FIRST call, then --status; --finish-jitter-s J adds 0..J s more, fixed
                per flow id (so tasks do not all finish in step with a 1 s poll). --processing-ids
                IDS answers 0 for those ids always.
 POST /control  JSON body with any of delay_ms, status, throttle_every, fail_every, close_every,
                slow_every, slow_ms, finish_after_s, finish_jitter_s, processing_ids ("1,2,5-9"),
+               enforce_limit,
                phase (a label
                every later call is counted under); changes them at run time, answers the settings.
 GET /stats     {"calls": total, "max_in_any_1s_window": m, "calls_per_flow_id": {"n": count},
                 "throttled": t, "span_s": first to last call, "outcomes": {kind: count},
                 "slowed": s, "first_call_monotonic": {"n": t}, "finish_after_s": S,
                 "finish_at_monotonic": {"n": when n answers final (with --finish-after-s)},
+                "final_answered_monotonic": {"n": when the first final answer for n was sent},
+                "limit_exceeded": calls refused by --enforce-limit,
                 "phases": {label: {"calls", "max_in_any_1s_window", "outcomes", "slowed"}},
                 "since_call": K}
                Outcome kinds: processing, succeeded, failed (answered), throttled, http_500,
-               closed. GET /stats?since_call=K counts only calls K+1 onwards (K: an earlier
-               "calls"), so one fake can serve several measured steps. The *_monotonic times are
+               closed, limit_exceeded. GET /stats?since_call=K counts only calls K+1 onwards (K: an
+               earlier "calls"), so one fake can serve several measured steps. With &calls=1 it
+               also lists every call: "call_list": [[arrival_monotonic, flow id, outcome], ...]. The *_monotonic times are
                time.monotonic() of this process (CLOCK_MONOTONIC, the same clock for every
                process on the machine).
 
@@ -38,7 +46,7 @@ signatures. Listen on loopback only.
 Usage: fake_upstream.py --port 0 --port-file FILE [--delay-ms 1000] [--status 0|1|2]
                         [--throttle-every N] [--fail-every N] [--close-every N]
                         [--slow-every N --slow-ms M] [--finish-after-s S [--finish-jitter-s J]]
-                        [--processing-ids IDS] [--phase LABEL]
+                        [--processing-ids IDS] [--phase LABEL] [--enforce-limit R]
 """
 
 import argparse
@@ -48,6 +56,7 @@ import random
 import threading
 import time
 import uuid
+from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -66,6 +75,7 @@ CONTROLLABLE = {
     "finish_jitter_s": float,
     "processing_ids": str,
     "phase": str,
+    "enforce_limit": int,
 }
 MAX_FLOW_IDS = 100_000  # bound on the per-flow-id maps: a long soak must not grow them forever
 
@@ -116,6 +126,7 @@ class Settings:
             "finish_jitter_s": opts.finish_jitter_s,
             "processing_ids": opts.processing_ids,
             "phase": opts.phase,
+            "enforce_limit": opts.enforce_limit,
         }
         self.processing = id_set(opts.processing_ids)
 
@@ -159,11 +170,18 @@ class Calls:
         self.outcomes: list[str] = []
         self.slowed: list[bool] = []
         self.first_call: dict[str, float] = {}
+        self.first_final: dict[str, float] = {}
+        self.recent: deque[float] = deque()  # arrivals less than 1 s old, for --enforce-limit
 
-    def record(self, flow_id: str, phase: str) -> tuple[int, float, float]:
-        """Counts one call on arrival: returns its number (from 1), now, its flow id's first call."""
+    def record(self, flow_id: str, phase: str) -> tuple[int, float, float, int]:
+        """Counts one call on arrival: returns its number (from 1), now, its flow id's first call
+        and how many calls (this one included) arrived less than 1 s before and up to now."""
         now = time.monotonic()
         with self.lock:
+            recent = self.recent
+            while recent and now - recent[0] >= 1.0:
+                recent.popleft()
+            recent.append(now)
             self.arrivals.append(now)
             self.flow_ids.append(flow_id)
             self.phases.append(phase)
@@ -171,14 +189,18 @@ class Calls:
             self.slowed.append(False)
             if flow_id not in self.first_call and len(self.first_call) < MAX_FLOW_IDS:
                 self.first_call[flow_id] = now
-            return len(self.arrivals), now, self.first_call.get(flow_id, now)
+            return len(self.arrivals), now, self.first_call.get(flow_id, now), len(recent)
 
     def settle(self, number: int, outcome: str, slowed: bool) -> None:
         with self.lock:
             self.outcomes[number - 1] = outcome
             self.slowed[number - 1] = slowed
+            if outcome in ("succeeded", "failed"):
+                flow_id = self.flow_ids[number - 1]
+                if flow_id not in self.first_final and len(self.first_final) < MAX_FLOW_IDS:
+                    self.first_final[flow_id] = time.monotonic()
 
-    def stats(self, since_call: int, settings: dict) -> dict:
+    def stats(self, since_call: int, settings: dict, with_calls: bool = False) -> dict:
         with self.lock:
             since_call = max(0, min(since_call, len(self.arrivals)))
             times = self.arrivals[since_call:]
@@ -187,6 +209,7 @@ class Calls:
             outcomes = self.outcomes[since_call:]
             slowed = self.slowed[since_call:]
             first_call = {f: self.first_call[f] for f in set(flow_ids) if f in self.first_call}
+            first_final = {f: self.first_final[f] for f in first_call if f in self.first_final}
         per_flow_id: dict[str, int] = {}
         for flow_id in flow_ids:
             per_flow_id[flow_id] = per_flow_id.get(flow_id, 0) + 1
@@ -204,6 +227,8 @@ class Calls:
         for outcome in outcomes:
             all_outcomes[outcome] = all_outcomes.get(outcome, 0) + 1
         ordered = sorted(times)
+        extra = {"call_list": [[t, f, o] for t, f, o in zip(times, flow_ids, outcomes)]} \
+            if with_calls else {}
         return {
             "calls": len(times),
             "max_in_any_1s_window": max_in_window(ordered),
@@ -217,8 +242,12 @@ class Calls:
             "finish_at_monotonic": {
                 f: t + finish_offset(f, settings) for f, t in first_call.items()
             } if settings["finish_after_s"] > 0 or settings["finish_jitter_s"] > 0 else {},
+            "final_answered_monotonic": first_final,
+            "limit_exceeded": all_outcomes.get("limit_exceeded", 0),
+            "enforce_limit": settings["enforce_limit"],
             "phases": by_phase,
             "since_call": since_call,
+            **extra,
         }
 
 
@@ -251,13 +280,15 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - http.server naming
         url = urlsplit(self.path)
         if url.path == "/stats":
+            query = parse_qs(url.query)
             try:
-                since_call = int(parse_qs(url.query).get("since_call", ["0"])[0])
+                since_call = int(query.get("since_call", ["0"])[0])
             except ValueError:
                 self._send_json({"error": "since_call must be an integer"}, 400)
                 return
+            with_calls = query.get("calls", ["0"])[0] == "1"
             values, _ = self.server.settings.snapshot()
-            self._send_json(self.server.calls.stats(since_call, values))
+            self._send_json(self.server.calls.stats(since_call, values, with_calls))
         else:
             self._send_json({"error": "not found"}, 404)
 
@@ -283,7 +314,13 @@ class Handler(BaseHTTPRequestHandler):
             self._send_json({"Response": {"Error": error, "RequestId": request_id}})
             return
         opts, processing_ids = self.server.settings.snapshot()
-        number, now, first_call = self.server.calls.record(flow_id, opts["phase"])
+        number, now, first_call, in_window = self.server.calls.record(flow_id, opts["phase"])
+        if 0 < opts["enforce_limit"] < in_window:
+            self.server.calls.settle(number, "limit_exceeded", False)
+            error = {"Code": "RequestLimitExceeded",
+                     "Message": f"fake: more than {opts['enforce_limit']} calls in one second"}
+            self._send_json({"Response": {"Error": error, "RequestId": request_id}})
+            return
 
         def every(key: str) -> bool:
             return opts[key] > 0 and number % opts[key] == 0
@@ -350,13 +387,16 @@ def main() -> None:
     parser.add_argument("--processing-ids", default="", metavar="IDS",
                         help="flow ids always answered processing: 7, 1,2,3 or 10-20")
     parser.add_argument("--phase", default="start", help="label of the calls until changed")
+    parser.add_argument("--enforce-limit", type=int, default=0, metavar="R",
+                        help="answer RequestLimitExceeded to a call arriving when R calls already "
+                             "arrived in the last 1 s (0: never)")
     parser.add_argument("--max-seconds", type=float, default=600.0,
                         help="stop by itself after this long (a bound if the script dies)")
     opts = parser.parse_args()
     if not opts.host.startswith("127.") and opts.host not in ("localhost", "::1"):
         parser.error("--host must be a loopback address")
     for name in ("delay_ms", "throttle_every", "fail_every", "close_every", "slow_every",
-                 "slow_ms", "finish_after_s", "finish_jitter_s"):
+                 "slow_ms", "finish_after_s", "finish_jitter_s", "enforce_limit"):
         if getattr(opts, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must not be negative")
     try:
