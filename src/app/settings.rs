@@ -211,8 +211,9 @@ pub struct BudgetSettings {
     #[arg(long, env = "TASKGATE_RATE_LIMIT", default_value = "20", value_parser = parse_rate_limit)]
     pub rate_limit: u32,
 
-    /// Extra time an upstream call keeps counting against the window after its answer arrives,
-    /// so the window holds where Tencent counts calls, not where taskgate sends them.
+    /// An upstream call counts against the window until one window after its answer arrives,
+    /// so the window holds where Tencent counts calls; and at least until one window plus this
+    /// margin after it was sent.
     #[arg(long, env = "TASKGATE_RATE_WINDOW_MARGIN", default_value = "50ms", value_parser = parse_duration)]
     pub rate_window_margin: Duration,
 

@@ -86,18 +86,23 @@ pub(crate) struct Budget {
 pub(crate) struct Permit {
     budget: Arc<Budget>,
     slot: Option<Slot>,
+    /// When the slot was handed out: the call is sent right after.
+    taken_at: Instant,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         let now = self.budget.clock.now();
         match self.slot.take() {
-            Some(Slot::Local) | None => self.budget.lock().state.release(now),
+            Some(Slot::Local) | None => self.budget.lock().state.release(now, self.taken_at),
             Some(Slot::Shared(member)) => {
                 let budget = Arc::clone(&self.budget);
+                // As locally: a window after the answer, and a window plus the margin after the send.
+                let margin_left =
+                    (self.taken_at + budget.config.margin).saturating_duration_since(now);
+                let cool = budget.config.window + margin_left;
                 tokio::spawn(async move {
                     if let Some((redis, scripts)) = &budget.redis {
-                        let cool = budget.config.window + budget.config.margin;
                         scripts.release(redis, &member, cool).await;
                     }
                 });
@@ -224,6 +229,7 @@ impl Budget {
         Permit {
             budget: Arc::clone(self),
             slot: Some(slot),
+            taken_at: self.clock.now(),
         }
     }
 

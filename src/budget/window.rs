@@ -2,10 +2,14 @@
 //! them. Every method takes `now`; nothing here reads a clock, sleeps or locks.
 //!
 //! A call holds a slot from the moment it is sent until its answer arrives, and then for one more
-//! window plus a margin. Tencent counts a call when it arrives, which is somewhere between our send
-//! and our receipt of the answer; counting it until `answer + window` therefore guarantees that no
-//! window *at the upstream* sees more than N arrivals, whatever the latency. (Counting only from
-//! the send would not: a slow call can arrive late and share a window with later ones.)
+//! window, and in any case until one window plus a margin after its send. Tencent counts a call
+//! when it arrives, which is somewhere between our send and our receipt of the answer; counting it
+//! until `answer + window` therefore guarantees that no window *at the upstream* sees more than N
+//! arrivals, whatever the latency. (Counting only from the send would not: a slow call can arrive
+//! late and share a window with later ones.) The margin after the send guards a fast answer
+//! against clocks that tick the window a little differently; it is not added on top of the answer
+//! time, where it would only cost budget (20 ms of latency plus 50 ms of margin would cap 20/s at
+//! 18.7).
 //!
 //! When Tencent throttles us anyway (other clients share the account), the effective limit is
 //! halved (at most once per window, never below a quarter of the configured limit) and then
@@ -108,10 +112,11 @@ impl BudgetState {
         }
     }
 
-    /// A call's answer arrived at `now`: it keeps counting for one window plus the margin.
-    pub(super) fn release(&mut self, now: Instant) {
+    /// The answer of a call sent at `sent` arrived at `now`: it keeps counting for one window
+    /// after the later of its answer and its send plus the margin.
+    pub(super) fn release(&mut self, now: Instant, sent: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        let until = now + self.config.window + self.config.margin;
+        let until = now.max(sent + self.config.margin) + self.config.window;
         // `now` is monotonic across callers but taken before the lock, so keep the order exact.
         let at = self.cooling.partition_point(|t| *t <= until);
         self.cooling.insert(at, until);
@@ -201,17 +206,24 @@ mod tests {
         let mut state = BudgetState::new(config(3));
         assert!(state.try_take(t0) && state.try_take(t0) && state.try_take(t0));
         assert!(!state.try_take(t0));
-        // Answers arrive 200 ms later; the slots stay taken for a window plus margin after that.
+        // Answers arrive 200 ms later; the slots stay taken for a window after that.
         let answered = t0 + Duration::from_millis(200);
         for _ in 0..3 {
-            state.release(answered);
+            state.release(answered, t0);
         }
         assert!(!state.try_take(t0 + Duration::from_millis(1_000)));
         assert_eq!(
             state.next_free_at(t0 + Duration::from_millis(1_000), None),
-            Some(answered + Duration::from_millis(1_050))
+            Some(answered + Duration::from_millis(1_000))
         );
-        assert!(state.try_take(answered + Duration::from_millis(1_050)));
+        assert!(state.try_take(answered + Duration::from_millis(1_000)));
+        // A fast answer still counts until a window plus the margin after its send.
+        let sent = answered + Duration::from_millis(1_000);
+        state.release(sent + Duration::from_millis(5), sent);
+        assert_eq!(
+            state.next_free_at(sent + Duration::from_millis(5), Some(1)),
+            Some(sent + Duration::from_millis(1_050))
+        );
     }
 
     #[test]
@@ -224,7 +236,7 @@ mod tests {
         assert!(!state.try_take_capped(t0, Some(6)));
         // All six in flight: nothing frees until a release (which wakes the dispatcher).
         assert_eq!(state.next_free_at(t0, Some(6)), None);
-        state.release(t0);
+        state.release(t0, t0);
         let next = state.next_free_at(t0, Some(6)).unwrap();
         assert!(
             next > t0,
@@ -276,8 +288,8 @@ mod tests {
         let t0 = Instant::now();
         let mut state = BudgetState::new(config(2));
         assert!(state.try_take(t0) && state.try_take(t0));
-        state.release(t0);
-        state.release(t0);
+        state.release(t0, t0);
+        state.release(t0, t0);
         // Both slots free at t0 + 1.05 s: positions 0 and 1 get them, 2 and 3 one round later.
         assert_eq!(state.retry_after_secs(t0, 0), 2);
         assert_eq!(state.retry_after_secs(t0, 1), 2);

@@ -210,18 +210,24 @@ async fn across_replicas_a_new_task_goes_before_another_replicas_refreshes() {
         .collect();
     until_metric(&client, &busy, "taskgate_budget_queue_depth", 10.0).await;
 
-    // Ten tasks nothing is known about, asked on another replica, take the next shared slots.
-    let calls_before = fake.call_count();
+    // Ten tasks nothing is known about, asked on another replica: once they wait there, they
+    // take the next shared slots, ahead of the busy replica's queued refreshes.
     let new = 71_990..72_000;
-    let answers = join_all(
-        new.clone()
-            .map(|id| get(&client, format!("{other}/tasks/{id}"))),
-    )
-    .await;
+    let asked: Vec<_> = new
+        .clone()
+        .map(|id| {
+            let (client, url) = (client.clone(), format!("{other}/tasks/{id}"));
+            actix_rt::spawn(async move { get(&client, url).await })
+        })
+        .collect();
+    until_metric(&client, &other, "taskgate_budget_queue_depth", 8.0).await;
+    let calls_before = fake.call_count();
+    let answers = join_all(asked).await;
 
-    assert!(answers
-        .iter()
-        .all(|(status, cache, _)| *status == 200 && cache.as_deref() == Some("miss")));
+    assert!(answers.into_iter().all(|answer| {
+        let (status, cache, _) = answer.expect("the lookup ran");
+        status == 200 && cache.as_deref() == Some("miss")
+    }));
     let calls = fake.calls();
     let last_new = calls
         .iter()
