@@ -6,10 +6,10 @@
 #      VmRSS growth per answer, fill time and hit throughput on one core:
 #        - 1 000 000 answers, no bound, neighbouring flow ids and flow ids spread far apart;
 #        - a BOUND-byte cache (8 MiB) filled far past it, neighbouring and spread.
-#   2. Through HTTP: taskgate release, TASKGATE_CACHE_CAPACITY=BOUND, in front of
-#      bench/fake_upstream.py (final answers at once, random UUID RequestIds), asked distinct
-#      flow ids by wrk (a Lua counter: neighbouring, then spread 64 apart) for HTTP_SECS each;
-#      taskgate's VmRSS is sampled every second.
+#   2. Through HTTP: taskgate release, TASKGATE_CACHE_CAPACITY=BOUND, in front of a fake
+#      upstream (final answers at once, random UUID RequestIds: the benchmark binary's fast one,
+#      and bench/fake_upstream.py, slow), asked distinct flow ids by wrk (a Lua counter:
+#      neighbouring, then 64 apart) for HTTP_SECS each; taskgate's VmRSS sampled every second.
 #
 # The bound holds when RSS growth stays within 1.25 x BOUND + 4 MiB.
 # Usage: bench/cache_memory.sh    (COUNT=1000000 BOUND=8388608 HTTP_SECS=60 HIT_SECS=3)
@@ -39,7 +39,7 @@ LIMIT=$((BOUND * 5 / 4 + 4 * 1024 * 1024))
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
 
 BENCH_BIN=""
-if [[ $PARTS == *direct* ]]; then
+if [[ -n $PARTS ]]; then
     if [[ $SKIP_BUILD != 1 ]]; then
         log "cargo bench --bench cache_memory --no-run"
         (cd "$REPO_DIR" && cargo bench --bench cache_memory --no-run) >"$WORK/bench-build.log" 2>&1 ||
@@ -57,10 +57,29 @@ direct() {
         | tee -a "$WORK/direct.jsonl" >&2
 }
 
-# http_fill IDS STEP: taskgate against the fake, wrk asking distinct ids for HTTP_SECS.
+# start_fast_fake NAME: the benchmark binary's fast fake upstream (--fake-upstream); sets FAKE_PORT.
+start_fast_fake() {
+    local port_file="$WORK/$1.fast-port" i
+    "$BENCH_BIN" --fake-upstream 0 >"$port_file" 2>"$WORK/$1.fast.log" &
+    PIDS+=("$!")
+    for ((i = 0; i < 100; i++)); do
+        [[ -s $port_file ]] && break
+        sleep 0.05
+    done
+    [[ -s $port_file ]] || die "$1: the fast fake upstream did not start"
+    FAKE_PORT=$(head -n 1 "$port_file")
+}
+
+# http_fill IDS STEP FAKE: taskgate against a fake (fast: the benchmark binary's, some 10 000
+# answers/s; python: bench/fake_upstream.py, a few hundred/s, so the cache fills slowly while
+# each fetch waits), wrk asking distinct ids for HTTP_SECS.
 http_fill() {
-    local ids=$1 step=$2 rss0 peak=0 rss sampler metrics entries size requests
-    start_fake "$ids" --status 1 --max-seconds $((HTTP_SECS + 120))
+    local ids=$1 step=$2 fake=$3 rss0 peak=0 rss sampler metrics entries size requests
+    if [[ $fake == fast ]]; then
+        start_fast_fake "$ids"
+    else
+        start_fake "$ids" --status 1 --max-seconds $((HTTP_SECS + 120))
+    fi
     TASKGATE_CACHE_CAPACITY=$BOUND TASKGATE_RATE_LIMIT=10000 TASKGATE_ACCESS_LOG=false \
         TASKGATE_MAX_QUEUE=100000 TASKGATE_DRAIN_DELAY=0s \
         start_taskgate "$ids" "$FAKE_PORT" --workers 1
@@ -95,7 +114,7 @@ LUA
     requests=$(awk '/requests in/ {print $1}' "$WORK/$ids.wrk")
     local non2xx
     non2xx=$(awk '/Non-2xx/ {print $NF}' "$WORK/$ids.wrk")
-    HTTP_ROWS+=("$ids|$requests|${non2xx:-0}|$entries|$(mib "$size")|$(mib "$rss0")|$(mib $((rss - rss0)))|$(mib $((peak - rss0)))|$(mib "$LIMIT")|$( ((peak - rss0 <= LIMIT)) && echo yes || echo NO)")
+    HTTP_ROWS+=("$ids|$fake|$requests|${non2xx:-0}|$entries|$(mib "$size")|$(mib "$rss0")|$(mib $((rss - rss0)))|$(mib $((peak - rss0)))|$(mib "$LIMIT")|$( ((peak - rss0 <= LIMIT)) && echo yes || echo NO)")
     stop_last
     stop_last
 }
@@ -108,8 +127,9 @@ if [[ $PARTS == *direct* ]]; then
     direct spread $((COUNT / 2)) "$BOUND"
 fi
 if [[ $PARTS == *http* ]]; then
-    http_fill neighbouring 1
-    http_fill spread 64
+    http_fill neighbouring 1 fast
+    http_fill spread 64 fast
+    http_fill spread 64 python
 fi
 
 {
@@ -142,8 +162,8 @@ PY
         echo
         echo "Through HTTP lookups (taskgate release, 1 worker, bound $(mib "$BOUND") MiB, fake upstream):"
         echo
-        echo "| ids | requests | non-2xx | answers held | weighted size (MiB) | RSS at start (MiB) | RSS growth (MiB) | peak growth (MiB) | allowed (MiB) | within |"
-        echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+        echo "| ids | fake upstream | requests | non-2xx | answers held | weighted size (MiB) | RSS at start (MiB) | RSS growth (MiB) | peak growth (MiB) | allowed (MiB) | within |"
+        echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
         for row in "${HTTP_ROWS[@]}"; do
             echo "| ${row//|/ | } |"
         done

@@ -11,12 +11,17 @@
 //!
 //!   cargo bench --bench cache_memory -- --count 1000000 --ids neighbouring
 //!   cargo bench --bench cache_memory -- --count 400000 --ids spread --capacity 8388608
+//!   cargo bench --bench cache_memory -- --fake-upstream 0     (prints its port, serves forever)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
 use taskgate::{Answer, AnswerCache, CacheLookup, CachePolicy, Clock, FlowId, Task, TaskStatus};
 use tokio::time::Instant;
+
+/// The allocator the taskgate binary ships (src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct RealClock;
 
@@ -207,7 +212,72 @@ async fn run(args: Args) {
     );
 }
 
+/// `--fake-upstream PORT`: a fast loopback stand-in for SSM (any request: a final answer with a
+/// random UUID RequestId, keep-alive), so HTTP-driven fills are not held back by the fake.
+async fn fake_upstream(port: u16) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind the fake upstream");
+    println!("{}", listener.local_addr().expect("an address").port());
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let mut rng = fastrand::Rng::new();
+            let mut buffer = Vec::with_capacity(4096);
+            let mut chunk = [0u8; 4096];
+            loop {
+                // One request: its head, then Content-Length bytes of body.
+                let (head_end, length) = loop {
+                    if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        break (end + 4, length);
+                    }
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                while buffer.len() < head_end + length {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                buffer.drain(..head_end + length);
+                let body = format!(
+                    r#"{{"Response":{{"TaskStatus":1,"Description":"task succeeded","RequestId":"{}"}}}}"#,
+                    uuid(&mut rng)
+                );
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if stream.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
 fn main() {
+    let mut raw = std::env::args().skip(1);
+    if raw.next().as_deref() == Some("--fake-upstream") {
+        let port = raw.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(fake_upstream(port));
+    }
     let args = args();
     tokio::runtime::Builder::new_current_thread()
         .enable_time()
