@@ -22,8 +22,10 @@ pub(super) fn block_of(flow_id: FlowId) -> (u64, u32) {
     (id / BLOCK_IDS, (id % BLOCK_IDS) as u32)
 }
 
-/// Heap bytes an allocation of `size` bytes occupies with glibc's malloc (8 bytes of header,
-/// 16-byte granules, 32 bytes at least); measured by `bench/cache-memory`.
+/// Heap bytes an allocation of `size` bytes occupies: glibc's malloc rounding (8 bytes of
+/// header, 16-byte granules, 32 bytes at least), which is at or above mimalloc's size classes
+/// (the allocator the binary ships), so the weight errs on the heavy side; checked against RSS
+/// by `bench/cache_memory.sh`.
 pub(super) fn allocated(size: usize) -> usize {
     if size == 0 {
         return 0;

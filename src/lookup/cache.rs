@@ -31,7 +31,7 @@ use crate::support::Clock;
 use crate::task::FlowId;
 
 /// What moka itself takes per entry (its node, key, timer and queue links, hash table share,
-/// with per-entry expiry), measured with `bench/cache-memory` (one answer per block, so one
+/// with per-entry expiry), measured with `bench/cache_memory.sh` (one answer per block, so one
 /// entry per answer): see BENCHMARKS.md.
 pub(crate) const MOKA_ENTRY_BYTES: usize = 368;
 

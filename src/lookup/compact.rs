@@ -118,7 +118,7 @@ impl Descriptions {
         self.table.get(id as usize)?.get()
     }
 
-    /// Bytes the interned texts take (fixed table plus texts), for the sizing notes.
+    /// Texts interned.
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         lock(&self.index).len()
