@@ -149,11 +149,19 @@ pub(crate) fn render_task_body(
     description_json: &str,
     request_id_json: &str,
 ) -> Vec<u8> {
+    const FIXED: usize = b"{\"flow_id\":".len()
+        + b",\"status\":\"".len()
+        + b"\",\"task_status\":".len()
+        + 1
+        + b",\"description\":".len()
+        + b",\"request_id\":".len()
+        + 1;
     let mut digits = itoa::Buffer::new();
     let flow_id = digits.format(flow_id.get());
     let status_text = status.as_str();
+    // Exactly the length: `Bytes::from` a full `Vec` takes it over without another allocation.
     let mut body = Vec::with_capacity(
-        80 + flow_id.len() + status_text.len() + description_json.len() + request_id_json.len(),
+        FIXED + flow_id.len() + status_text.len() + description_json.len() + request_id_json.len(),
     );
     body.extend_from_slice(b"{\"flow_id\":");
     body.extend_from_slice(flow_id.as_bytes());
@@ -166,6 +174,7 @@ pub(crate) fn render_task_body(
     body.extend_from_slice(b",\"request_id\":");
     body.extend_from_slice(request_id_json.as_bytes());
     body.push(b'}');
+    debug_assert_eq!(body.len(), body.capacity());
     body
 }
 

@@ -74,6 +74,19 @@ fn weight(entry: &Entry) -> u32 {
     u32::try_from(MOKA_ENTRY_BYTES + heap).unwrap_or(u32::MAX)
 }
 
+/// `text` as a JSON string when nothing in it needs escaping (the demo's and fakes' request
+/// ids): quotes around it, without serde's machinery.
+fn plain_json(text: &str) -> Option<String> {
+    if !text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        return None;
+    }
+    let mut json = String::with_capacity(text.len() + 2);
+    json.push('"');
+    json.push_str(text);
+    json.push('"');
+    Some(json)
+}
+
 /// What the cache holds for a flow id.
 pub enum CacheLookup {
     Fresh(Arc<Answer>),
@@ -243,7 +256,7 @@ impl AnswerCache {
                 (Arc::from(&json[1..37]), json)
             }
             RequestIdText::Aside(text) => {
-                request_id_aside_json = json_string(text);
+                request_id_aside_json = plain_json(text).unwrap_or_else(|| json_string(text));
                 (Arc::clone(text), request_id_aside_json.as_str())
             }
         };

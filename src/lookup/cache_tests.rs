@@ -217,3 +217,18 @@ async fn the_byte_bound_evicts_and_the_answer_count_levels_off() {
         assert!(fresh(&cache, last, clock.now()).await.is_some());
     }
 }
+
+proptest::proptest! {
+    #[test]
+    fn plain_request_ids_are_written_as_serde_writes_them(text in proptest::prelude::any::<String>()) {
+        if let Some(json) = super::plain_json(&text) {
+            proptest::prop_assert_eq!(json, crate::answer::json_string(&text));
+        }
+    }
+
+    #[test]
+    fn ascii_request_ids_are_written_as_serde_writes_them(text in "[ -~]{0,80}") {
+        let json = super::plain_json(&text).unwrap_or_else(|| crate::answer::json_string(&text));
+        proptest::prop_assert_eq!(json, crate::answer::json_string(&text));
+    }
+}
