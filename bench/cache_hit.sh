@@ -10,6 +10,8 @@
 # Usage: bench/cache_hit.sh     (DURATION=10s CONNECTIONS=64 WARMUP=2s IDLE_WAIT=60s by default)
 #        DURATION=30s CONNECTIONS=128 bench/cache_hit.sh
 #        SKIP_BUILD=1 bench/cache_hit.sh     (reuse the release binaries already built)
+#        BASELINE_BIN=/tmp/taskgate-main bench/cache_hit.sh   (also measures that taskgate build,
+#                                            e.g. main's, in the same run: two more rows)
 # Writes bench/results/cache_hit.md and prints the same table.
 
 set -euo pipefail
@@ -144,8 +146,10 @@ HOST_INFO=$(describe_host)
 #    with the access log off. TASKGATE_DRAIN_DELAY=0s only makes the stop quick.
 
 # bench_taskgate ROW-NAME [VAR=VALUE...]: start, warm /tasks/42 to a cached final answer, measure.
+# BIN (default TASKGATE_BIN) picks the binary.
 bench_taskgate() {
     local name=$1 port url warmed=0 i
+    local TASKGATE_BIN=${BIN:-$TASKGATE_BIN}
     shift
     port=$(free_port)
     url="http://127.0.0.1:$port/tasks/$FLOW_ID"
@@ -181,6 +185,12 @@ bench_taskgate() {
 
 bench_taskgate "taskgate" RUST_LOG=info
 bench_taskgate "taskgate, access log off" RUST_LOG=warn TASKGATE_ACCESS_LOG=false
+if [[ -n ${BASELINE_BIN:-} ]]; then
+    [[ -x $BASELINE_BIN ]] || die "BASELINE_BIN $BASELINE_BIN is not an executable"
+    BIN=$BASELINE_BIN bench_taskgate "baseline taskgate" RUST_LOG=info
+    BIN=$BASELINE_BIN bench_taskgate "baseline taskgate, access log off" RUST_LOG=warn \
+        TASKGATE_ACCESS_LOG=false
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 2. nginx proxy_cache HIT of the same bytes: once with access_log off, once logging every
@@ -320,6 +330,9 @@ wrk_version=$("$WRK_BIN" --version 2>&1 | head -n1 | awk '{print $2}' || true)
     echo "- $(describe_build), \`--demo --workers 1\`, GET /tasks/$FLOW_ID (final answer, cached);" \
         "first row as shipped (access log on, RUST_LOG=info, written to a file), second with" \
         "TASKGATE_ACCESS_LOG=false RUST_LOG=warn"
+    if [[ -n ${BASELINE_BIN:-} ]]; then
+        echo "- baseline taskgate rows: $BASELINE_BIN, built $(date -u -r "$BASELINE_BIN" '+%Y-%m-%d %H:%M UTC')"
+    fi
     echo "- baselines: $nginx_version proxy_cache HIT (1 worker, open_file_cache, sendfile off);" \
         "bare actix-web 4 handler (1 worker) returning the same $(wc -c <"$WORK/body.json")-byte body"
     echo "- servers pinned to core $SERVER_CORE, load \`taskset -c $LOAD_CORE wrk $wrk_version" \

@@ -49,9 +49,12 @@ mod task;
 mod telemetry;
 mod upstream;
 
+pub use answer::{Answer, AnswerKind, FinalFacts};
 pub use app::{Application, Config, ConfigError, StartupError};
 pub use credentials::Credentials;
 pub use http::AppState;
-pub use task::{FlowId, FlowIdError, TaskStatus};
+pub use lookup::{AnswerCache, CacheLookup, CachePolicy};
+pub use support::clock::Clock;
+pub use task::{FlowId, FlowIdError, Task, TaskStatus};
 pub use telemetry::logging;
 pub use upstream::{client::request_body, parse_answer, signing, UpstreamError};

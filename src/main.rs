@@ -4,6 +4,12 @@ use std::process::ExitCode;
 
 use taskgate::{logging, Application, Config, StartupError};
 
+/// mimalloc rather than glibc's malloc: it keeps small long-lived allocations (the cache's
+/// blocks) apart from request buffers, so RSS follows the cache's byte bound (BENCHMARKS.md:
+/// with glibc, a slowly filled cache cost up to twice its weight in RSS).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let config = match Config::from_args(std::env::args_os()) {
         Ok(config) => config,

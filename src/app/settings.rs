@@ -170,7 +170,7 @@ pub struct LookupSettings {
     #[arg(long, env = "TASKGATE_STALE_IF_ERROR", default_value = "5m", value_parser = parse_duration)]
     pub stale_if_error: Duration,
 
-    /// Memory bound of the answer cache in bytes (rendered answer plus bookkeeping per entry).
+    /// Memory bound of the answer cache in bytes: what the cached answers really occupy.
     #[arg(long, env = "TASKGATE_CACHE_CAPACITY", default_value = "67108864", value_parser = parse_count)]
     pub cache_capacity: usize,
 

@@ -84,7 +84,7 @@ pub(super) async fn get_task(
             )
             .await;
     }
-    let mut response = render(&state, &found, lookup.clock().now());
+    let mut response = render(&state, found, lookup.clock().now());
     if let Some(Wait {
         from_prefer: true,
         duration,
@@ -101,7 +101,7 @@ pub(super) async fn get_task(
 
 /// A task or a remembered not-found, with headers that say how it was served and for how long
 /// it may be reused.
-fn render(state: &AppState, found: &Lookup, now: Instant) -> HttpResponse {
+fn render(state: &AppState, found: Lookup, now: Instant) -> HttpResponse {
     let answer = &found.answer;
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
     let mut response = HttpResponse::build(status);
@@ -139,6 +139,12 @@ fn render(state: &AppState, found: &Lookup, now: Instant) -> HttpResponse {
         .insert_header((
             header::HeaderName::from_static("x-cache"),
             header::HeaderValue::from_static(found.served.x_cache()),
-        ))
-        .body(answer.body.clone())
+        ));
+    // A hit on a final answer was rendered for this request alone: its body moves into the
+    // response (cloning a fresh `Bytes` would allocate to share it).
+    let body = match std::sync::Arc::try_unwrap(found.answer) {
+        Ok(answer) => answer.body,
+        Err(shared) => shared.body.clone(),
+    };
+    response.body(body)
 }

@@ -2,6 +2,7 @@
 //! signatures independently. One file per concern.
 
 mod budget;
+mod cache_compact;
 mod caching;
 mod callers;
 mod credentials;
