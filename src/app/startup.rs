@@ -117,6 +117,7 @@ impl Application {
             policy: config.lookup.cache_policy(),
             metrics: Arc::clone(&metrics),
             clock: Arc::clone(&clock),
+            traces: traces.clone(),
         };
         let lookup = LookupService::new(
             cache.clone(),

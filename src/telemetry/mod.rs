@@ -15,7 +15,7 @@ pub(crate) mod request;
 pub(crate) mod traces;
 
 pub(crate) use labels::{
-    BreakerState, BudgetRejection, Route, ScheduleClass, Served, SharedMode, WaitEnd,
+    BreakerState, BudgetRejection, CallOutcome, Route, ScheduleClass, Served, SharedMode, WaitEnd,
     ANONYMOUS_CALLER, REJECTED_CALLER,
 };
 pub(crate) use logging::LogFormat;
