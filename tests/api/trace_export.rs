@@ -159,7 +159,11 @@ async fn a_dead_collector_cannot_hold_the_shutdown_past_the_drain() {
         stopping.elapsed()
     );
     let log = log.lock().unwrap().join("\n");
-    assert!(log.contains("did not take the last spans"), "{log}");
+    // Whichever gives up first says so: the export (its deadline) or the flush.
+    assert!(
+        log.contains("did not take the last spans") || log.contains("failed (no answer in time)"),
+        "{log}"
+    );
 }
 
 /// Waits (10 s at most) for `count` log lines containing `needle`.

@@ -1,15 +1,16 @@
 //! The way out: OTLP over HTTP/protobuf, on a thread of its own.
 //!
-//! A span that ends goes into a bounded queue without ever waiting: when the queue is full the
-//! span is dropped and counted (`taskgate_trace_spans_dropped_total{reason="queue_full"}`), so a
-//! dead or slow collector costs requests nothing. One thread (`taskgate-otlp`, its own actix
-//! runtime) takes spans in batches (full, or `OTEL_BSP_SCHEDULE_DELAY` after a batch's first
-//! span), encodes them with the `opentelemetry-proto` types and `prost`, and posts them with awc
+//! A span that ends goes into a bounded queue without ever waiting or waking anyone: when the
+//! queue is full the span is dropped and counted
+//! (`taskgate_trace_spans_dropped_total{reason="queue_full"}`), so a dead or slow collector costs
+//! requests nothing. One thread (`taskgate-otlp`, its own actix runtime) takes what is queued
+//! when a batch is full or every `OTEL_BSP_SCHEDULE_DELAY`, encodes it with the `opentelemetry-proto` types and `prost`, and posts them with awc
 //! over the crate's rustls, one export at a time, each bounded by `OTEL_EXPORTER_OTLP_TIMEOUT`.
 //! A batch that fails is dropped and counted (`export_failed`); spans a collector says it
 //! rejected are counted too (`rejected`). On shutdown the queue is flushed within the deadline the
 //! drain leaves.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use opentelemetry::Context;
@@ -22,21 +23,40 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 use opentelemetry_sdk::Resource;
 use prost::Message;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use super::config::TraceConfig;
 use super::counters::TraceCounters;
+use crate::support::lock;
 
 /// How often a collector that keeps failing is reported in the log.
 const REPORT_EVERY: Duration = Duration::from_secs(60);
 /// Longest collector answer read (a partial-success message).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
+/// Ended spans waiting for export: a vector under a lock, so that adding one costs a lock and
+/// a push and wakes nobody (a channel would wake the export thread for every span: a context
+/// switch per request). The export thread is woken when a batch is full, else by its timer.
+#[derive(Debug)]
+struct Queue {
+    spans: Mutex<Vec<SpanData>>,
+    /// Signalled when the queue holds a full batch.
+    batch_full: Notify,
+    max_queue: usize,
+    max_batch: usize,
+}
+
+impl Queue {
+    fn take(&self) -> Vec<SpanData> {
+        std::mem::take(&mut *lock(&self.spans))
+    }
+}
+
 /// The span processor the SDK calls when a sampled span ends: into the queue, or dropped.
 #[derive(Debug)]
 pub(super) struct QueueProcessor {
-    queue: mpsc::Sender<SpanData>,
+    queue: Arc<Queue>,
     counters: TraceCounters,
 }
 
@@ -47,8 +67,19 @@ impl SpanProcessor for QueueProcessor {
         if !span.span_context.is_sampled() {
             return;
         }
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send(span) {
-            self.counters.dropped_queue_full.inc();
+        let queued = {
+            let mut spans = lock(&self.queue.spans);
+            if spans.len() >= self.queue.max_queue {
+                None
+            } else {
+                spans.push(span);
+                Some(spans.len())
+            }
+        };
+        match queued {
+            None => self.counters.dropped_queue_full.inc(),
+            Some(len) if len == self.queue.max_batch => self.queue.batch_full.notify_one(),
+            Some(_) => {}
         }
     }
 
@@ -87,17 +118,22 @@ pub(super) fn start(
     config: &TraceConfig,
     counters: TraceCounters,
 ) -> std::io::Result<(QueueProcessor, ExportHandle)> {
-    let (queue, spans) = mpsc::channel(config.max_queue.max(1));
+    let queue = Arc::new(Queue {
+        spans: Mutex::new(Vec::new()),
+        batch_full: Notify::new(),
+        max_queue: config.max_queue.max(1),
+        max_batch: config.max_batch.max(1),
+    });
     let (stop, stopped) = oneshot::channel();
     let (finished, done) = oneshot::channel();
     let poster = Poster::new(config, counters.clone());
-    let (max_batch, delay) = (config.max_batch.max(1), config.schedule_delay);
+    let (exported, delay) = (Arc::clone(&queue), config.schedule_delay);
     std::thread::Builder::new()
         .name("taskgate-otlp".into())
         .spawn(move || {
             actix_rt::System::new().block_on(async move {
                 let mut poster = poster.connect();
-                batches(spans, stopped, &mut poster, max_batch, delay).await;
+                batches(&exported, stopped, &mut poster, delay).await;
                 let _ = finished.send(());
             });
         })?;
@@ -107,51 +143,41 @@ pub(super) fn start(
     ))
 }
 
-/// Batches spans until stopped, then flushes the queue within the stop's deadline.
+/// Sends what is queued whenever a batch is full or the schedule delay passed, until stopped;
+/// then sends what is left within the stop's deadline.
 async fn batches(
-    mut spans: mpsc::Receiver<SpanData>,
+    queue: &Queue,
     mut stop: oneshot::Receiver<Instant>,
     poster: &mut Connected,
-    max_batch: usize,
     delay: Duration,
 ) {
-    let mut batch = Vec::with_capacity(max_batch);
-    let mut deadline = None;
-    while deadline.is_none() {
+    let deadline = loop {
         tokio::select! {
             biased;
-            at = &mut stop => deadline = Some(at.unwrap_or_else(|_| Instant::now())),
-            span = spans.recv() => match span {
-                Some(span) => batch.push(span),
-                None => deadline = Some(Instant::now()),
-            },
+            at = &mut stop => break at.unwrap_or_else(|_| Instant::now()),
+            _ = queue.batch_full.notified() => {}
+            _ = tokio::time::sleep(delay) => {}
         }
-        let full_by = Instant::now() + delay;
-        while batch.len() < max_batch && deadline.is_none() {
-            tokio::select! {
-                biased;
-                at = &mut stop => deadline = Some(at.unwrap_or_else(|_| Instant::now())),
-                span = spans.recv() => match span {
-                    Some(span) => batch.push(span),
-                    None => deadline = Some(Instant::now()),
-                },
-                _ = tokio::time::sleep_until(full_by) => break,
-            }
+        for batch in chunks(queue.take(), queue.max_batch) {
+            poster.export(batch, None).await;
         }
-        if !batch.is_empty() {
-            poster.export(std::mem::take(&mut batch), deadline).await;
-        }
+    };
+    for batch in chunks(queue.take(), queue.max_batch) {
+        poster.export(batch, Some(deadline)).await;
     }
-    spans.close();
-    while let Ok(span) = spans.try_recv() {
-        batch.push(span);
-        if batch.len() >= max_batch {
-            poster.export(std::mem::take(&mut batch), deadline).await;
-        }
+}
+
+/// `spans` in batches of at most `size`, in order.
+fn chunks(mut spans: Vec<SpanData>, size: usize) -> Vec<Vec<SpanData>> {
+    let mut batches = Vec::with_capacity(spans.len().div_ceil(size));
+    while spans.len() > size {
+        let rest = spans.split_off(size);
+        batches.push(std::mem::replace(&mut spans, rest));
     }
-    if !batch.is_empty() {
-        poster.export(batch, deadline).await;
+    if !spans.is_empty() {
+        batches.push(spans);
     }
+    batches
 }
 
 /// What one export needs, built on the caller's thread (awc's client is made on the export
