@@ -110,8 +110,8 @@ pub(crate) async fn observe(
                 .map(|id| Arc::clone(&id.0))
         };
         if span.is_recording() {
-            let caller = caller.as_ref().map(|c| &*c.0);
-            request_span::finish(&span, &response, caller, upstream_request_id().as_deref());
+            let caller = caller.as_ref().map(|c| &c.0);
+            request_span::finish(&span, &response, caller, upstream_request_id());
         }
         if state.access_log {
             let served = response

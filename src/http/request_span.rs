@@ -8,9 +8,11 @@
 //! asks for them.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method, Version};
+use opentelemetry::{KeyValue, Value};
 
 use crate::telemetry::traces::propagation::{self, TRACEPARENT, TRACESTATE};
 use crate::telemetry::traces::{TraceSpan, Traces};
@@ -21,7 +23,7 @@ pub(super) fn start(
     traces: &Traces,
     req: &ServiceRequest,
     route: Route,
-    request_id: &str,
+    request_id: &Arc<str>,
 ) -> TraceSpan {
     let headers = req.headers();
     let parent = propagation::extract(
@@ -36,42 +38,48 @@ pub(super) fn start(
     if !span.is_recording() {
         return span;
     }
-    span.set("http.request.method", method);
-    if method == "_OTHER" {
-        span.set("http.request.method_original", req.method().to_string());
-    }
-    if route != Route::Unmatched {
-        span.set("http.route", route.template());
-    }
-    span.set("url.scheme", "http");
-    span.set("url.path", req.path().to_owned());
-    if let Some(query) = req.uri().query().filter(|q| !q.is_empty()) {
-        span.set("url.query", redacted_query(query));
-    }
     let version = match req.version() {
         Version::HTTP_10 => "1.0",
         Version::HTTP_2 => "2",
         _ => "1.1",
     };
-    span.set("network.protocol.version", version);
+    // Set at once (one lock of the span), static and shared values where there are any.
+    let mut attributes = Vec::with_capacity(16);
+    attributes.extend([
+        KeyValue::new("http.request.method", method),
+        KeyValue::new("url.scheme", "http"),
+        KeyValue::new("url.path", req.path().to_owned()),
+        KeyValue::new("network.protocol.version", version),
+        KeyValue::new("taskgate.request_id", Arc::clone(request_id)),
+    ]);
+    if method == "_OTHER" {
+        let original = req.method().to_string();
+        attributes.push(KeyValue::new("http.request.method_original", original));
+    }
+    if route != Route::Unmatched {
+        attributes.push(KeyValue::new("http.route", route.template()));
+    }
+    if let Some(query) = req.uri().query().filter(|q| !q.is_empty()) {
+        attributes.push(KeyValue::new("url.query", redacted_query(query)));
+    }
     if let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) {
         let (address, port) = split_host(host);
-        span.set("server.address", address.to_owned());
+        attributes.push(KeyValue::new("server.address", address.to_owned()));
         if let Some(port) = port {
-            span.set("server.port", i64::from(port));
+            attributes.push(KeyValue::new("server.port", i64::from(port)));
         }
     }
     if let Some(peer) = req.peer_addr() {
-        span.set("network.peer.address", peer.ip().to_string());
-        span.set("network.peer.port", i64::from(peer.port()));
+        attributes.push(KeyValue::new("network.peer.address", peer.ip().to_string()));
+        attributes.push(KeyValue::new("network.peer.port", i64::from(peer.port())));
     }
     if let Some(agent) = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
     {
-        span.set("user_agent.original", agent.to_owned());
+        attributes.push(KeyValue::new("user_agent.original", agent.to_owned()));
     }
-    span.set("taskgate.request_id", request_id.to_owned());
+    span.set_all(attributes);
     span
 }
 
@@ -79,32 +87,40 @@ pub(super) fn start(
 pub(super) fn finish<B>(
     span: &TraceSpan,
     response: &ServiceResponse<B>,
-    caller: Option<&str>,
-    upstream_request_id: Option<&str>,
+    caller: Option<&Arc<str>>,
+    upstream_request_id: Option<Arc<str>>,
 ) {
     if !span.is_recording() {
         return;
     }
     let status = response.status().as_u16();
-    span.set("http.response.status_code", i64::from(status));
-    if let Some(served) = response
-        .headers()
-        .get("x-cache")
-        .and_then(|v| v.to_str().ok())
-    {
-        span.set("taskgate.served", served.to_owned());
+    let mut attributes = Vec::with_capacity(6);
+    attributes.push(KeyValue::new(
+        "http.response.status_code",
+        i64::from(status),
+    ));
+    if let Some(served) = response.headers().get("x-cache") {
+        let served: Value = match served.as_bytes() {
+            b"hit" => "hit".into(),
+            b"miss" => "miss".into(),
+            b"coalesced" => "coalesced".into(),
+            b"stale" => "stale".into(),
+            other => String::from_utf8_lossy(other).into_owned().into(),
+        };
+        attributes.push(KeyValue::new("taskgate.served", served));
     }
     if let Some(caller) = caller {
-        span.set("taskgate.caller", caller.to_owned());
+        attributes.push(KeyValue::new("taskgate.caller", Arc::clone(caller)));
     }
     if let Some(id) = upstream_request_id {
-        span.set("tencentcloud.request_id", id.to_owned());
+        attributes.push(KeyValue::new("tencentcloud.request_id", id));
     }
     // Server spans fail on 5xx only: a 4xx is the caller's mistake, answered correctly.
     if status >= 500 {
-        span.set("error.type", status.to_string());
+        attributes.push(KeyValue::new("error.type", status.to_string()));
         span.fail(format!("answered {status}"));
     }
+    span.set_all(attributes);
 }
 
 /// The method as the conventions name it: one of HTTP's, else `_OTHER`.

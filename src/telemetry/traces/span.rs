@@ -109,6 +109,13 @@ impl TraceSpan {
         }
     }
 
+    /// Sets several attributes at once (one lock of the span).
+    pub(crate) fn set_all(&self, attributes: impl IntoIterator<Item = KeyValue>) {
+        if let Some(cx) = &self.0 {
+            cx.span().set_attributes(attributes);
+        }
+    }
+
     /// Marks the span failed (`Status::Error`), with a short description.
     pub(crate) fn fail(&self, description: impl Into<Cow<'static, str>>) {
         if let Some(cx) = &self.0 {
