@@ -184,6 +184,12 @@ impl ApiError {
         }
     }
 
+    /// The problem type's last segment (`budget-exhausted`, `deadline-exceeded`...): a short,
+    /// bounded name of the error, for spans.
+    pub(crate) fn slug(&self) -> &'static str {
+        self.parts().slug
+    }
+
     /// Seconds a client should wait before retrying, when the answer is 503.
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {

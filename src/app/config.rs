@@ -12,6 +12,7 @@ use super::settings::{
     BudgetSettings, CallerSettings, CredentialSettings, LookupSettings, ServerSettings,
     SharedSettings, UpstreamSettings,
 };
+use super::trace_settings::TraceSettings;
 use crate::upstream::Endpoint;
 
 /// Everything taskgate can be told. Field docs are the `--help` text.
@@ -41,6 +42,8 @@ pub struct Config {
     pub credentials: CredentialSettings,
     #[command(flatten)]
     pub callers: CallerSettings,
+    #[command(flatten)]
+    pub traces: TraceSettings,
 }
 
 impl Config {
@@ -65,6 +68,7 @@ impl Config {
         }
         self.shared.shared_config(self.budget.cooling())?;
         self.credentials.validate(self.server.demo)?;
+        self.traces.trace_config()?;
         Ok(endpoint)
     }
 }

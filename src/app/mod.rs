@@ -4,7 +4,7 @@
 //! - `config`: the whole configuration (clap), checked across groups; `config_error`: what a bad
 //!   setting reports
 //! - `settings`: the settings grouped by part, each building its part's own settings; `parse`:
-//!   their value parsers
+//!   their value parsers; `trace_settings`: the traces group (OpenTelemetry's `OTEL_*` names)
 //! - `startup`: `Application::build` and `run_until_stopped`
 
 mod config;
@@ -12,6 +12,7 @@ mod config_error;
 mod parse;
 mod settings;
 mod startup;
+mod trace_settings;
 
 pub use config::Config;
 pub use config_error::ConfigError;

@@ -24,6 +24,7 @@ use crate::lookup::{AnswerBoard, AnswerCache, Attempts, Fetcher, LookupService, 
 use crate::shared::{Peers, Redis};
 use crate::support::reload;
 use crate::support::{Clock, SystemClock};
+use crate::telemetry::traces::{self, ExportHandle, Traces};
 use crate::telemetry::{access, Metrics};
 use crate::upstream::{tls, DemoUpstream, Endpoint, UpstreamClient, UpstreamTarget};
 
@@ -58,6 +59,9 @@ pub struct Application {
     waits: web::Data<WaitService>,
     demo: Option<DemoUpstream>,
     drain_delay: Duration,
+    shutdown_timeout: Duration,
+    /// The trace export thread, when traces are on: flushed last.
+    traces: Option<ExportHandle>,
 }
 
 impl Application {
@@ -74,6 +78,7 @@ impl Application {
         let target = upstream_target(&config, endpoint)?;
 
         let metrics = Arc::new(Metrics::new(config.budget.rate_limit));
+        let (traces, export) = start_traces(&config, &metrics)?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let credentials = Arc::new(CredentialStore::from_pointee(credentials));
         keep_credentials_fresh(&config, &credentials, credentials_file, &metrics);
@@ -112,6 +117,7 @@ impl Application {
             policy: config.lookup.cache_policy(),
             metrics: Arc::clone(&metrics),
             clock: Arc::clone(&clock),
+            traces: traces.clone(),
         };
         let lookup = LookupService::new(
             cache.clone(),
@@ -129,7 +135,7 @@ impl Application {
             config.lookup.wait_config(),
             Arc::clone(&metrics),
         ));
-        let state = web::Data::new(AppState::new(
+        let mut state = AppState::new(
             Arc::clone(&metrics),
             credentials,
             callers,
@@ -137,7 +143,9 @@ impl Application {
             config.lookup.request_timeout,
             config.budget.max_queue_wait,
             access::access_log_enabled(config.server.access_log),
-        ));
+        );
+        state.traces = traces;
+        let state = web::Data::new(state);
 
         let (server, port) = serve(&config, target, web::Data::new(lookup), &state, &waits)?;
         log::info!(
@@ -157,6 +165,8 @@ impl Application {
             waits,
             demo,
             drain_delay: config.server.drain_delay,
+            shutdown_timeout: config.server.shutdown_timeout,
+            traces: export,
         })
     }
 
@@ -175,7 +185,8 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then drains: readiness turns 503 at once, the listener
     /// keeps serving for the drain delay (the load balancer's time to notice), then it closes and
-    /// in-flight requests get the shutdown timeout to finish.
+    /// in-flight requests get the shutdown timeout to finish; the last spans are sent within
+    /// what is left of it.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + 'static,
@@ -184,6 +195,9 @@ impl Application {
         let state = self.state.clone();
         let waits = self.waits.clone();
         let drain_delay = self.drain_delay;
+        // When the listener closed: the shutdown timeout counts from then, the trace flush too.
+        let closed_at = std::rc::Rc::new(std::cell::Cell::new(None));
+        let closing = std::rc::Rc::clone(&closed_at);
         actix_rt::spawn(async move {
             shutdown.await;
             state.start_draining();
@@ -195,15 +209,42 @@ impl Application {
             );
             tokio::time::sleep(drain_delay).await;
             log::info!("drain delay over: closing the listener, finishing in-flight requests");
+            closing.set(Some(tokio::time::Instant::now()));
             handle.stop(true).await;
         });
         let result = self.server.await;
+        if let Some(export) = self.traces {
+            let now = tokio::time::Instant::now();
+            let deadline = closed_at.get().unwrap_or(now) + self.shutdown_timeout;
+            export
+                .flush(deadline.max(now + Duration::from_millis(250)))
+                .await;
+        }
         log::info!("stopped");
         if let Some(demo) = &self.demo {
             demo.stop().await;
         }
         result
     }
+}
+
+/// Traces, when an OTLP endpoint is configured: the tracer and its export thread. Off, nothing
+/// runs and every span is empty.
+fn start_traces(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<(Traces, Option<ExportHandle>), StartupError> {
+    let Some(trace_config) = config.traces.trace_config()? else {
+        return Ok((Traces::off(), None));
+    };
+    let (traces, export) = traces::start(&trace_config, metrics.traces.clone())
+        .map_err(|e| StartupError::Io("starting the trace export thread", e))?;
+    log::info!(
+        "traces: exporting OTLP/HTTP to {} (sampler {})",
+        trace_config.url.split('?').next().unwrap_or_default(),
+        config.traces.traces_sampler.trim()
+    );
+    Ok((traces, Some(export)))
 }
 
 /// The credentials to start with: the CVM role's (fetched now, failing the start if it cannot),

@@ -1,8 +1,10 @@
-//! The middleware around every request: request id, access log line, HTTP metrics.
+//! The middleware around every request: request id, trace span, access log line, HTTP metrics.
 //!
 //! `X-Request-Id` is taken from the caller when it is sane (1-128 characters of letters, digits,
 //! `-`, `_`, `.`, `:`), generated otherwise; it is returned on the response, sent upstream as
 //! `X-TC-TraceId`, and written in the access log, so one request can be followed end to end.
+//! When traces are on, the request runs inside its span (`request_span`), a child of the
+//! caller's W3C `traceparent`, and the access line carries its trace id; off, none of it runs.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,9 +16,11 @@ use actix_web::middleware::Next;
 use actix_web::ResponseError;
 use actix_web::{web, HttpMessage};
 
+use super::request_span;
 use super::state::AppState;
 use crate::error::{ApiError, MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_URI_LENGTH};
 use crate::telemetry::access::{self, AccessRecord};
+use crate::telemetry::traces::TraceSpan;
 use crate::telemetry::{CallerLabel, RequestId, Route, UpstreamRequestId};
 
 const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -70,8 +74,14 @@ pub(crate) async fn observe(
     req.extensions_mut()
         .insert(RequestId(Arc::clone(&request_id)));
     let method = req.method().clone();
+    let span = match &state {
+        Some(state) if state.traces.is_on() => {
+            request_span::start(&state.traces, &req, route, &request_id)
+        }
+        _ => TraceSpan::none(),
+    };
 
-    let mut response = next.call(req).await?.map_into_left_body();
+    let mut response = span.wrap(next.call(req)).await?.map_into_left_body();
 
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
@@ -92,17 +102,24 @@ pub(crate) async fn observe(
         if let Some(caller) = &caller {
             state.metrics.record_caller(&caller.0);
         }
+        let upstream_request_id = || {
+            response
+                .response()
+                .extensions()
+                .get::<UpstreamRequestId>()
+                .map(|id| Arc::clone(&id.0))
+        };
+        if span.is_recording() {
+            let caller = caller.as_ref().map(|c| &c.0);
+            request_span::finish(&span, &response, caller, upstream_request_id());
+        }
         if state.access_log {
             let served = response
                 .headers()
                 .get("x-cache")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-");
-            let upstream_request_id = response
-                .response()
-                .extensions()
-                .get::<UpstreamRequestId>()
-                .map(|id| Arc::clone(&id.0));
+            let upstream_request_id = upstream_request_id();
             access::access(&AccessRecord {
                 method: method.as_str(),
                 route: route.template(),
@@ -112,6 +129,7 @@ pub(crate) async fn observe(
                 upstream_request_id: upstream_request_id.as_deref(),
                 caller: caller.as_ref().map(|c| &*c.0),
                 request_id: &request_id,
+                trace_id: span.trace_id(),
             });
         }
     }

@@ -6,7 +6,8 @@
 //! - `ops`: `/healthz`, `/readyz`, `/metrics`
 //! - `grammar`: `X-Request-Timeout`, `?wait=` and `Prefer: wait`
 //! - `auth`, `callers`: caller authentication and the tokens file it reads
-//! - `middleware`: request id, size limits, the access line and HTTP metrics around every request
+//! - `middleware`: request id, size limits, the access line and HTTP metrics around every request;
+//!   `request_span`: the request's trace span (when traces are on)
 //! - `state`: what the handlers read, built once
 
 mod auth;
@@ -14,6 +15,7 @@ pub(crate) mod callers;
 mod grammar;
 mod middleware;
 mod ops;
+mod request_span;
 mod routes;
 mod state;
 mod tasks;

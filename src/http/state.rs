@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use super::callers::CallerRegistry;
 use crate::credentials::CredentialStore;
 use crate::lookup::AnswerCache;
+use crate::telemetry::traces::Traces;
 use crate::telemetry::{logging, Metrics, ANONYMOUS_CALLER};
 
 pub struct AppState {
@@ -27,6 +28,8 @@ pub struct AppState {
     pub final_cache_control: actix_web::http::header::HeaderValue,
     /// Whether to write an access-log line per request.
     pub access_log: bool,
+    /// Where request spans are started (off unless traces are configured).
+    pub(crate) traces: Traces,
     draining: AtomicBool,
 }
 
@@ -56,6 +59,7 @@ impl AppState {
             max_queue_wait,
             final_cache_control,
             access_log,
+            traces: Traces::off(),
             draining: AtomicBool::new(false),
         }
     }

@@ -4,6 +4,10 @@
 //! inside the deadline (transient ones within the retry budget, throttled ones a few times within
 //! a few seconds). What comes back is an answer to keep (a task, or a not-found) or an error to
 //! share with this fetch's followers.
+//!
+//! Traced (when traces are on): each wait for a budget slot is a `budget wait` span (queued or
+//! not, granted or refused), each attempt a client span `POST` with the HTTP client conventions
+//! and what Tencent said: outcome, error code, `RequestId`. Never the credentials or signature.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +21,8 @@ use crate::credentials::CredentialStore;
 use crate::error::ApiError;
 use crate::support::{ceil_secs, Clock};
 use crate::task::{FlowId, Task};
-use crate::telemetry::Metrics;
+use crate::telemetry::traces::{Kind, TraceSpan, Traces};
+use crate::telemetry::{CallOutcome, Metrics};
 use crate::upstream::{ApiErrorAnswer, ErrorFamily, UpstreamClient, UpstreamError};
 
 /// First back-off after a throttled attempt; doubles per retry, capped, with full jitter.
@@ -38,6 +43,7 @@ pub(crate) struct Attempts {
     pub policy: CachePolicy,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
+    pub traces: Traces,
 }
 
 impl Attempts {
@@ -74,25 +80,37 @@ impl Attempts {
                 interest: std::sync::Arc::clone(leader.interest()),
                 deadline,
             };
+            let waiting = self.traces.start("budget wait", Kind::Internal);
+            if waiting.is_recording() {
+                waiting.set("taskgate.budget.priority", priority_label(priority));
+                waiting.set("taskgate.attempt", i64::from(retry + 1));
+            }
             let permit = self
                 .budget
                 .acquire(ask, |queued| {
+                    waiting.set("taskgate.budget.queued", true);
                     let error = ApiError::BudgetExhausted {
                         retry_after_secs: queued.retry_after_secs,
                     };
                     leader.setback(error, self.clock.now())
                 })
                 .await
-                .map_err(|refusal| ApiError::BudgetExhausted {
-                    retry_after_secs: refusal.retry_after_secs,
+                .map_err(|refusal| {
+                    waiting.set("taskgate.budget.outcome", "refused");
+                    waiting.fail("no budget within the wait");
+                    ApiError::BudgetExhausted {
+                        retry_after_secs: refusal.retry_after_secs,
+                    }
                 })?;
+            waiting.set("taskgate.budget.outcome", "granted");
+            drop(waiting);
             leader.resumed();
             if retry > 0 {
                 self.metrics.upstream_retries.inc();
             }
             self.resilience.record_call(self.clock.now());
             let result = self
-                .call_upstream(client, flow_id, context.trace_id.as_deref())
+                .call_upstream(client, flow_id, context.trace_id.as_deref(), retry + 1)
                 .await;
             // The slot starts cooling when the answer is in, which is what keeps Tencent's window.
             drop(permit);
@@ -164,13 +182,18 @@ impl Attempts {
         }
     }
 
-    /// One signed attempt, measured and logged by outcome.
+    /// One signed attempt, measured, traced and logged by outcome.
     async fn call_upstream(
         &self,
         client: &UpstreamClient,
         flow_id: FlowId,
         trace_id: Option<&str>,
+        attempt: u32,
     ) -> Result<Task, UpstreamError> {
+        let span = self.traces.start("POST", Kind::Client);
+        if span.is_recording() {
+            attempt_attributes(&span, client, flow_id, attempt);
+        }
         // Signed afresh for every attempt, with the clock read just before sending.
         let credentials = self.credentials.load_full();
         let started = self.clock.now();
@@ -178,6 +201,9 @@ impl Attempts {
             .describe(&credentials, flow_id, self.clock.unix_seconds(), trace_id)
             .await;
         let elapsed = self.clock.now().saturating_duration_since(started);
+        if span.is_recording() {
+            outcome_attributes(&span, &result);
+        }
         self.metrics
             .record_upstream_call(&result, elapsed.as_secs_f64());
         if let Err(UpstreamError::Api(answer)) = &result {
@@ -214,6 +240,65 @@ impl Attempts {
                  measure the skew; request_id={}); check this host's time sync (NTP)",
                 answer.request_id.as_deref().unwrap_or("-")
             ),
+        }
+    }
+}
+
+fn priority_label(priority: Priority) -> &'static str {
+    match priority {
+        Priority::Unknown => "unknown",
+        Priority::Refresh { .. } => "refresh",
+    }
+}
+
+/// An attempt's HTTP client attributes: where it goes, what for, which try it is.
+fn attempt_attributes(span: &TraceSpan, client: &UpstreamClient, flow_id: FlowId, attempt: u32) {
+    let endpoint = client.endpoint();
+    let default_port = if endpoint.is_tls { 443 } else { 80 };
+    let (address, port) = match endpoint.host.rsplit_once(':') {
+        Some((name, port)) => (name, port.parse().unwrap_or(default_port)),
+        None => (endpoint.host.as_str(), default_port),
+    };
+    span.set("http.request.method", "POST");
+    span.set("url.full", endpoint.url.clone());
+    span.set("server.address", address.to_owned());
+    span.set("server.port", i64::from(port));
+    span.set("rpc.method", "DescribeAsyncRequestInfo");
+    span.set("taskgate.flow_id", flow_id.get());
+    span.set("taskgate.attempt", i64::from(attempt));
+}
+
+/// What the attempt came back with: outcome, HTTP status, Tencent's error code and `RequestId`.
+/// A task Tencent does not know is an answer, not a failed call.
+fn outcome_attributes(span: &TraceSpan, result: &Result<Task, UpstreamError>) {
+    let outcome = CallOutcome::of(result);
+    span.set("taskgate.upstream.outcome", outcome.as_str());
+    let status = match result {
+        Ok(_) | Err(UpstreamError::Api(_)) => Some(200),
+        Err(UpstreamError::HttpStatus { status }) => Some(*status),
+        Err(_) => None,
+    };
+    if let Some(status) = status {
+        span.set("http.response.status_code", i64::from(status));
+    }
+    let request_id = match result {
+        Ok(task) => Some(task.request_id.as_str()),
+        Err(error) => error.request_id(),
+    };
+    if let Some(id) = request_id {
+        span.set("tencentcloud.request_id", id.to_owned());
+    }
+    if let Err(error) = result {
+        let error_type = match error {
+            UpstreamError::Api(answer) => {
+                span.set("tencentcloud.error_code", answer.code.clone());
+                answer.code.clone()
+            }
+            _ => outcome.as_str().to_owned(),
+        };
+        if outcome != CallOutcome::NotFound {
+            span.set("error.type", error_type.clone());
+            span.fail(error_type);
         }
     }
 }

@@ -33,6 +33,16 @@ pub(crate) enum Origin {
     Peer,
 }
 
+impl Origin {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Upstream => "upstream",
+            Self::SharedCache => "shared_cache",
+            Self::Peer => "peer",
+        }
+    }
+}
+
 /// A fetch's answer and where it came from.
 #[derive(Debug, Clone)]
 pub(crate) struct Fetched {

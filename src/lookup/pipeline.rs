@@ -16,6 +16,10 @@
 //!    replicas (`replicas`), then makes its own attempts (`attempts`).
 //! 5. Answers are stored by status (final, processing, not found); errors are shared with the
 //!    followers of this fetch but never stored.
+//!
+//! Traced (when traces are on): a cache hit makes no span. The leader's detached fetch carries
+//! the leader's trace context and is a `fetch` span (its budget waits and attempts are its
+//! children); a follower's wait for it is a `coalesced wait` span.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +36,7 @@ use crate::budget::Priority;
 use crate::error::ApiError;
 use crate::support::Clock;
 use crate::task::FlowId;
+use crate::telemetry::traces::{Kind, Traces};
 use crate::telemetry::{Metrics, Served};
 use crate::upstream::UpstreamClient;
 
@@ -48,6 +53,7 @@ struct Inner {
     board: Arc<AnswerBoard>,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
+    traces: Traces,
     fetch_timeout: Duration,
     /// How long an ask keeps a processing task's refresh wanted: three processing intervals.
     refresh_interest: Duration,
@@ -68,6 +74,7 @@ impl LookupService {
     ) -> Self {
         let metrics = Arc::clone(&fetcher.attempts.metrics);
         let clock = Arc::clone(&fetcher.attempts.clock);
+        let traces = fetcher.attempts.traces.clone();
         let refresh_interest = 3 * cache
             .policy()
             .processing_ttl
@@ -81,6 +88,7 @@ impl LookupService {
                 board,
                 metrics,
                 clock,
+                traces,
                 fetch_timeout,
             }),
         }
@@ -88,6 +96,10 @@ impl LookupService {
 
     pub(crate) fn clock(&self) -> &dyn Clock {
         self.inner.clock.as_ref()
+    }
+
+    pub(crate) fn traces(&self) -> &Traces {
+        &self.inner.traces
     }
 
     /// Looks up one task, answering by `context.deadline` at the latest.
@@ -178,11 +190,11 @@ impl LookupService {
                 let client = client.clone();
                 let priority = ask.priority;
                 // Detached: the fetch finishes for the followers even if this caller leaves.
-                actix_rt::spawn(async move {
+                actix_rt::spawn(inner.traces.carry(async move {
                     service
                         .fetch(leader, &client, flow_id, fetch_context, priority)
                         .await;
-                });
+                }));
                 let result = wait_for(receiver, ask.patience, clock).await;
                 let served = match &result {
                     Ok(Fetched {
@@ -203,7 +215,14 @@ impl LookupService {
             }
             Role::Follower(receiver) => {
                 inner.metrics.coalesced_waiters.inc();
+                let span = inner.traces.start("coalesced wait", Kind::Internal);
+                span.set("taskgate.flow_id", flow_id.get());
                 let result = wait_for(receiver, ask.patience, clock).await;
+                if let Err(error) = &result {
+                    span.set("error.type", error.slug());
+                    span.fail(error.slug());
+                }
+                drop(span);
                 inner.metrics.coalesced_waiters.dec();
                 let found = result.map(|fetched| Lookup {
                     answer: fetched.answer,
@@ -226,13 +245,30 @@ impl LookupService {
     ) {
         let inner = &self.inner;
         inner.metrics.inflight_fetches.inc();
+        let span = inner.traces.start("fetch", Kind::Internal);
+        if span.is_recording() {
+            span.set("taskgate.flow_id", flow_id.get());
+            let priority = match priority {
+                Priority::Unknown => "unknown",
+                Priority::Refresh { .. } => "refresh",
+            };
+            span.set("taskgate.budget.priority", priority);
+        }
         let work = inner
             .fetcher
             .fetch(&leader, client, flow_id, &context, priority);
-        let result = match tokio::time::timeout_at(context.deadline, work).await {
+        let result = match tokio::time::timeout_at(context.deadline, span.wrap(work)).await {
             Ok(result) => result,
             Err(_) => Err(ApiError::DeadlineExceeded),
         };
+        match &result {
+            Ok(fetched) => span.set("taskgate.fetch.origin", fetched.origin.as_str()),
+            Err(error) => {
+                span.set("error.type", error.slug());
+                span.fail(error.slug());
+            }
+        }
+        drop(span);
         if let Ok(fetched) = &result {
             inner
                 .cache

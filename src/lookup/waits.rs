@@ -9,6 +9,10 @@
 //! Bounded: at most `TASKGATE_MAX_WAITERS` requests wait at once (beyond that a request is
 //! answered at once with the current status), a poller with no waiters left stops, and on
 //! shutdown every waiter is answered at once so draining never waits for long polls.
+//!
+//! Traced (when traces are on): a request's hold is a `long poll` span (how long it asked to
+//! wait, how the wait ended); the poller a waiter starts carries that span's context, so the
+//! refreshes it makes show in the trace of the request that started it.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,6 +28,7 @@ use crate::answer::{Answer, AnswerKind};
 use crate::shared::Peers;
 use crate::support::lock;
 use crate::task::{CallerName, FlowId};
+use crate::telemetry::traces::{Kind, TraceSpan};
 use crate::telemetry::{Metrics, Served, WaitEnd};
 use crate::upstream::UpstreamClient;
 
@@ -108,12 +113,21 @@ impl WaitService {
         if first.answer.kind != AnswerKind::Processing || wait.is_zero() {
             return first;
         }
+        let span = self.lookup.traces().start("long poll", Kind::Internal);
+        if span.is_recording() {
+            span.set("taskgate.flow_id", flow_id.get());
+            let ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+            span.set("taskgate.wait.requested_ms", ms);
+        }
+        let ended = |end: WaitEnd| span.set("taskgate.wait.end", end.as_str());
         if *self.shutdown.borrow() {
+            ended(WaitEnd::Shutdown);
             self.metrics.record_wait(WaitEnd::Shutdown, Duration::ZERO);
             return first;
         }
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.config.max_waiters {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
+            ended(WaitEnd::Overflow);
             self.metrics.record_wait(WaitEnd::Overflow, Duration::ZERO);
             return first;
         }
@@ -122,7 +136,7 @@ impl WaitService {
         let started = self.lookup.clock().now();
 
         let mut subscription = self.board.subscribe(flow_id, Arc::clone(&first.answer));
-        self.ensure_poller(client, flow_id, caller);
+        self.ensure_poller(client, flow_id, caller, &span);
         let mut shutdown = self.shutdown.subscribe();
         let ended = tokio::select! {
             changed = subscription
@@ -136,6 +150,7 @@ impl WaitService {
         };
         let answer: Arc<Answer> = Arc::clone(&subscription.receiver.borrow());
         let held = self.lookup.clock().now().saturating_duration_since(started);
+        span.set("taskgate.wait.end", ended.as_str());
         self.metrics.record_wait(ended, held);
         let served = if Arc::ptr_eq(&answer, &first.answer) {
             first.served
@@ -145,12 +160,13 @@ impl WaitService {
         Lookup { answer, served }
     }
 
-    /// Starts this replica's poller for `flow_id` unless one runs.
+    /// Starts this replica's poller for `flow_id` unless one runs (in the trace of `span`).
     fn ensure_poller(
         self: &Arc<Self>,
         client: &UpstreamClient,
         flow_id: FlowId,
         caller: Option<CallerName>,
+        span: &TraceSpan,
     ) {
         let mut pollers = lock(&self.pollers);
         if !pollers.insert(flow_id) {
@@ -160,10 +176,10 @@ impl WaitService {
         let service = Arc::clone(self);
         let client = client.clone();
         // On this worker (awc is not Send); it ends when its task has no waiters left.
-        actix_rt::spawn(async move {
+        actix_rt::spawn(span.wrap(async move {
             service.poll(&client, flow_id, caller).await;
             service.metrics.pollers.dec();
-        });
+        }));
     }
 
     async fn poll(&self, client: &UpstreamClient, flow_id: FlowId, caller: Option<CallerName>) {

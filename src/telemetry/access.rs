@@ -5,6 +5,8 @@ use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use opentelemetry::trace::TraceId;
+
 use super::logging::{write_timestamp, LogFormat, SINK};
 
 /// Milliseconds with three decimals, from whole microseconds (no float formatting).
@@ -27,6 +29,20 @@ pub(crate) struct AccessRecord<'a> {
     pub upstream_request_id: Option<&'a str>,
     pub caller: Option<&'a str>,
     pub request_id: &'a str,
+    /// The request's trace (the caller's, or the one it started), when traces are on.
+    pub trace_id: Option<TraceId>,
+}
+
+/// A trace id as the W3C header writes it (32 lowercase hex digits), or `-`.
+struct TraceIdText(Option<TraceId>);
+
+impl std::fmt::Display for TraceIdText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "{id:032x}"),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 /// Whether access lines are written: `TASKGATE_ACCESS_LOG` and `RUST_LOG` both allow it.
@@ -60,10 +76,11 @@ fn format_access(line: &mut String, format: LogFormat, r: &AccessRecord<'_>) {
                 line,
                 " INFO  taskgate::access {m} {route} {status} method={m} route={route} \
                  status={status} duration_ms={duration_ms} served={served} \
-                 upstream_request_id={} caller={} request_id={}",
+                 upstream_request_id={} caller={} request_id={} trace_id={}",
                 TextValue(upstream),
                 TextValue(caller),
                 TextValue(r.request_id),
+                TraceIdText(r.trace_id),
                 m = r.method,
                 route = r.route,
                 status = r.status,
@@ -88,7 +105,7 @@ fn format_access(line: &mut String, format: LogFormat, r: &AccessRecord<'_>) {
             push_json_string(line, caller);
             line.push_str(",\"request_id\":");
             push_json_string(line, r.request_id);
-            line.push_str("}\n");
+            let _ = writeln!(line, ",\"trace_id\":\"{}\"}}", TraceIdText(r.trace_id));
         }
     }
 }
@@ -130,6 +147,7 @@ mod tests {
             upstream_request_id: upstream,
             caller: Some("billing"),
             request_id: "abc",
+            trace_id: Some(TraceId::from(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736)),
         }
     }
 
@@ -145,6 +163,7 @@ mod tests {
         assert_eq!(value["caller"], "billing");
         assert_eq!(value["target"], "taskgate::access");
         assert_eq!(value["msg"], "GET /tasks/{flow_id} 200");
+        assert_eq!(value["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 
     #[test]
@@ -161,5 +180,16 @@ mod tests {
             "{line}"
         );
         assert!(line.contains(" status=200 "));
+        assert!(
+            line.ends_with(" trace_id=4bf92f3577b34da6a3ce929d0e0e4736\n"),
+            "{line}"
+        );
+        let mut untraced = String::new();
+        let record = AccessRecord {
+            trace_id: None,
+            ..record(None)
+        };
+        format_access(&mut untraced, LogFormat::Text, &record);
+        assert!(untraced.ends_with(" trace_id=-\n"), "{untraced}");
     }
 }

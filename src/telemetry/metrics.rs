@@ -14,6 +14,7 @@ use super::labels::{
     code_label, BreakerState, BudgetRejection, CallOutcome, Route, ScheduleClass, Served,
     SharedMode, WaitEnd, ANONYMOUS_CALLER, KNOWN_ERROR_CODES, REJECTED_CALLER,
 };
+use super::traces::TraceCounters;
 use crate::support::reload::ReloadCounters;
 use crate::upstream::{ErrorFamily, UpstreamError};
 
@@ -73,6 +74,7 @@ pub struct Metrics {
     pub credentials_expiry: Gauge,
     pub ready: IntGauge,
     pub log_lines_dropped: IntCounter,
+    pub(crate) traces: TraceCounters,
 }
 
 /// Registers `collector` and hands it back: each metric is declared in one expression.
@@ -320,6 +322,7 @@ impl Metrics {
                 "taskgate_log_lines_dropped_total",
                 "Log lines dropped because standard error could not keep up (16 MiB unwritten).",
             ),
+            traces: TraceCounters::register(&r),
             registry: r,
         };
         metrics.register_process_and_build_info();
@@ -530,6 +533,7 @@ mod tests {
             "taskgate_budget_rejections_total",
             "taskgate_budget_effective_rate",
             "taskgate_build_info",
+            "taskgate_trace_spans_dropped_total",
         ] {
             assert!(text.contains(&format!("# TYPE {family} ")), "{family}");
         }
@@ -537,5 +541,6 @@ mod tests {
             r#"taskgate_upstream_calls_total{code="AuthFailure.SignatureFailure",outcome="auth_failure"} 0"#
         ));
         assert!(text.contains(r#"taskgate_upstream_calls_total{code="none",outcome="tls"} 0"#));
+        assert!(text.contains(r#"taskgate_trace_spans_dropped_total{reason="queue_full"} 0"#));
     }
 }

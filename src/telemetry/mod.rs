@@ -5,15 +5,17 @@
 //! - `logging`: text or JSON lines on standard error, written off the request path
 //! - `access`: the access-log line (target `taskgate::access`)
 //! - `request`: what a request is known by: its id, its caller, the upstream's RequestId
+//! - `traces`: OpenTelemetry traces: W3C Trace Context in, OTLP/HTTP out (off unless configured)
 
 pub(crate) mod access;
 pub(crate) mod labels;
 pub mod logging;
 mod metrics;
 pub(crate) mod request;
+pub(crate) mod traces;
 
 pub(crate) use labels::{
-    BreakerState, BudgetRejection, Route, ScheduleClass, Served, SharedMode, WaitEnd,
+    BreakerState, BudgetRejection, CallOutcome, Route, ScheduleClass, Served, SharedMode, WaitEnd,
     ANONYMOUS_CALLER, REJECTED_CALLER,
 };
 pub(crate) use logging::LogFormat;

@@ -57,6 +57,11 @@ impl UpstreamClient {
         Self { http, target }
     }
 
+    /// Where the calls go (for the attempt's span).
+    pub(crate) fn endpoint(&self) -> &Endpoint {
+        &self.target.endpoint
+    }
+
     /// One attempt, signed with `timestamp` (Unix seconds, taken by the caller just before).
     /// Bounded by the attempt timeout from connect to the last byte, so a dripping body is cut.
     pub(crate) async fn describe(
