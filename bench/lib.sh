@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# Helpers shared by bench/cache_hit.sh, bench/scenarios.sh and bench/soak.sh. Source it; do not
-# run it. The including script sets LOG_TAG and WORK (a temp dir) and installs `trap cleanup EXIT`.
+# Helpers shared by bench/cache_hit.sh, bench/trace_cost.sh, bench/scenarios.sh and
+# bench/soak.sh. Source it; do not run it. The including script sets LOG_TAG and WORK (a temp dir)
+# and installs `trap cleanup EXIT`.
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(dirname "$BENCH_DIR")

@@ -16,7 +16,7 @@
 //!   the answer cache, the answer board and long polls
 //! - `budget`: the sliding window, the dispatcher and its fair queues, retry budget and breaker
 //! - `shared`: shared mode through Redis: one budget, one cache, one lookup per task
-//! - `telemetry`: metrics and their label enums, logging, the access line
+//! - `telemetry`: metrics and their label enums, logging, the access line, traces (OTLP)
 //! - `upstream`: the endpoint, TC3 signing, the client, answer parsing, TLS, the demo upstream
 //! - `credentials`: redacting secret types, the profile file, the CVM role
 //! - `support`: the clock seam, files re-read on change, locks, rounding
