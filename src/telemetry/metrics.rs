@@ -4,16 +4,16 @@
 //! from flow ids or caller input, so series stay bounded. Every family is exported from the start
 //! with its known label combinations at zero: a fresh replica never shows a gap.
 
-use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    IntGaugeVec, Registry, TextEncoder,
 };
 
 use super::labels::{
     code_label, BreakerState, BudgetRejection, CallOutcome, Route, ScheduleClass, Served,
     SharedMode, WaitEnd, ANONYMOUS_CALLER, KNOWN_ERROR_CODES, REJECTED_CALLER,
 };
+use super::registry::{counter, counters, float_gauge, gauge, gauges, histogram, registered};
 use super::traces::TraceCounters;
 use crate::support::reload::ReloadCounters;
 use crate::upstream::{ErrorFamily, UpstreamError};
@@ -75,45 +75,6 @@ pub struct Metrics {
     pub ready: IntGauge,
     pub log_lines_dropped: IntCounter,
     pub(crate) traces: TraceCounters,
-}
-
-/// Registers `collector` and hands it back: each metric is declared in one expression.
-fn registered<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
-    registry
-        .register(Box::new(collector.clone()))
-        .expect("metric names are unique and valid");
-    collector
-}
-
-fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
-    registered(r, IntCounter::new(name, help).expect("valid metric"))
-}
-
-fn counters(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    registered(
-        r,
-        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
-    )
-}
-
-fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-    registered(r, IntGauge::new(name, help).expect("valid metric"))
-}
-
-fn gauges(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    registered(
-        r,
-        IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
-    )
-}
-
-fn float_gauge(r: &Registry, name: &str, help: &str) -> Gauge {
-    registered(r, Gauge::new(name, help).expect("valid metric"))
-}
-
-fn histogram(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
-    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
-    registered(r, Histogram::with_opts(opts).expect("valid metric"))
 }
 
 impl Metrics {

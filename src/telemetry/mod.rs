@@ -2,6 +2,7 @@
 //!
 //! - `labels`: the enums and closed lists metric labels take (never flow ids or secrets)
 //! - `metrics`: the Prometheus registry and typed handles
+//! - `registry`: declaring a metric in one expression (build, register, keep the handle)
 //! - `logging`: text or JSON lines on standard error, written off the request path
 //! - `access`: the access-log line (target `taskgate::access`)
 //! - `request`: what a request is known by: its id, its caller, the upstream's RequestId
@@ -11,6 +12,7 @@ pub(crate) mod access;
 pub(crate) mod labels;
 pub mod logging;
 mod metrics;
+mod registry;
 pub(crate) mod request;
 pub(crate) mod traces;
 
