@@ -386,7 +386,8 @@ section "hadolint deploy/Dockerfile"
 echo "hadolint: OK"
 
 section "shellcheck"
-"$VENV/bin/shellcheck" deploy/healthcheck.sh deploy/build-image.sh .ci/check-deploy.sh .ci/check-image.sh
+"$VENV/bin/shellcheck" -x deploy/healthcheck.sh deploy/build-image.sh .ci/check-deploy.sh .ci/check-image.sh \
+    .ci/run bench/*.sh fuzz/*.sh
 echo "shellcheck: OK"
 
 # --- Prometheus -----------------------------------------------------------------------------

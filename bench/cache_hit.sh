@@ -57,48 +57,7 @@ begin_run bench "$BARE_DIR/Cargo.toml"
 
 ROWS=()
 BARE_RPS=""
-HZ=$(getconf CLK_TCK)
 
-# Someone else's work on this 2-core machine skews a run, so each run also reports how much
-# user CPU went to processes other than the server and wrk ("other CPU", % of one core).
-all_user_ticks() { awk '/^cpu / {print $2 + $3}' /proc/stat; }
-
-# User CPU ticks of a process (all threads) and its children (the nginx worker).
-tree_user_ticks() {
-    local total=0 p
-    local -a pids
-    mapfile -t pids < <(echo "$1"; pgrep -P "$1" || true)
-    for p in "${pids[@]}"; do
-        if [[ -r /proc/$p/stat ]]; then
-            total=$((total + $(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12}')))
-        fi
-    done
-    echo "$total"
-}
-
-# User CPU ticks of this shell's finished children (`times` must run in this shell, not a
-# subshell, hence the file).
-children_user_ticks() {
-    times >"$WORK/times.txt"
-    awk -v hz="$HZ" 'NR == 2 { split($1, t, /[ms]/); printf "%d", (t[1] * 60 + t[2]) * hz }' \
-        "$WORK/times.txt"
-}
-
-# Waits (at most IDLE_WAIT) until the machine is under 10% busy: the server under test is idle
-# now, so what is left is someone else's build or test run.
-wait_idle() {
-    local start=$SECONDS busy
-    while :; do
-        busy=$(cpu_busy_pct)
-        ((busy < 10)) && return 0
-        if ((SECONDS - start >= IDLE_WAIT_SECS)); then
-            log "warning: still ${busy}% busy after waiting ${IDLE_WAIT_SECS}s; measuring anyway"
-            return 0
-        fi
-        log "machine ${busy}% busy; waiting for it to settle (IDLE_WAIT=${IDLE_WAIT_SECS}s)"
-        sleep 4
-    done
-}
 
 # run_wrk NAME URL SERVER-PID: an unrecorded warm-up, then the measured run; adds a table row.
 run_wrk() {

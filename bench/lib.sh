@@ -161,15 +161,17 @@ start_fake() {
     FAKE_PORT=$(<"$port_file")
 }
 
-# start_taskgate NAME FAKE_PORT [TASKGATE FLAGS...]: starts taskgate on a free loopback port
-# against the fake (bench credentials, no TLS on loopback); sets TG_PORT and TG_PID.
+# start_taskgate NAME FAKE_PORT [TASKGATE FLAGS...]: starts TASKGATE_BIN on a free loopback port
+# against the fake (no TLS on loopback), with obviously fake credentials in the environment as an
+# operator sets them; sets TG_PORT and TG_PID.
 start_taskgate() {
     local name=$1 fake_port=$2
     shift 2
     TG_PORT=$(free_port)
-    RUST_LOG=${RUST_LOG:-error} "$TASKGATE_BIN" --listen "127.0.0.1:$TG_PORT" \
-        --upstream-endpoint "http://127.0.0.1:$fake_port" \
-        --secret-id AKIDbenchFAKE --secret-key benchFAKEkey "$@" \
+    TENCENTCLOUD_SECRET_ID=AKIDEXAMPLEFAKE0000000000000000000000 \
+        TENCENTCLOUD_SECRET_KEY=fakeEXAMPLEkey000000000000000000 \
+        RUST_LOG=${RUST_LOG:-error} "$TASKGATE_BIN" --listen "127.0.0.1:$TG_PORT" \
+        --upstream-endpoint "http://127.0.0.1:$fake_port" "$@" \
         >"$WORK/$name.taskgate.log" 2>&1 &
     TG_PID=$!
     PIDS+=("$TG_PID")
@@ -238,4 +240,49 @@ publish_report() {
     echo
     cat "$2"
     log "written to $2"
+}
+
+# --- CPU accounting for the hit benchmarks (cache_hit.sh, trace_cost.sh) -----------------
+# They set WORK and IDLE_WAIT_SECS.
+HZ=$(getconf CLK_TCK)
+
+# Someone else's work on this 2-core machine skews a run, so each run also reports how much
+# user CPU went to processes other than the server and wrk ("other CPU", % of one core).
+all_user_ticks() { awk '/^cpu / {print $2 + $3}' /proc/stat; }
+
+# User CPU ticks of a process (all threads) and its children (the nginx worker).
+tree_user_ticks() {
+    local total=0 p
+    local -a pids
+    mapfile -t pids < <(echo "$1"; pgrep -P "$1" || true)
+    for p in "${pids[@]}"; do
+        if [[ -r /proc/$p/stat ]]; then
+            total=$((total + $(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12}')))
+        fi
+    done
+    echo "$total"
+}
+
+# User CPU ticks of this shell's finished children (`times` must run in this shell, not a
+# subshell, hence the file).
+children_user_ticks() {
+    times >"$WORK/times.txt"
+    awk -v hz="$HZ" 'NR == 2 { split($1, t, /[ms]/); printf "%d", (t[1] * 60 + t[2]) * hz }' \
+        "$WORK/times.txt"
+}
+
+# Waits (at most IDLE_WAIT) until the machine is under 10% busy: the server under test is idle
+# now, so what is left is someone else's build or test run.
+wait_idle() {
+    local start=$SECONDS busy
+    while :; do
+        busy=$(cpu_busy_pct)
+        ((busy < 10)) && return 0
+        if ((SECONDS - start >= IDLE_WAIT_SECS)); then
+            log "warning: still ${busy}% busy after waiting ${IDLE_WAIT_SECS}s; measuring anyway"
+            return 0
+        fi
+        log "machine ${busy}% busy; waiting for it to settle (IDLE_WAIT=${IDLE_WAIT_SECS}s)"
+        sleep 4
+    done
 }

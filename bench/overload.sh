@@ -35,8 +35,6 @@ FAKE_DELAY_MS=${FAKE_DELAY_MS:-20}
 DRIVER="$BENCH_DIR/overload.py"
 RESULT_MD="$RESULTS_DIR/overload.md"
 RESULT_JSON="$RESULTS_DIR/overload.json"
-SECRET_ID=AKIDEXAMPLEFAKE0000000000000000000000 # obviously fake: the fake checks no signature
-SECRET_KEY=fakeEXAMPLEkey000000000000000000
 
 if [[ -n ${OVERLOAD_SCENARIOS:-} ]]; then
     read -r -a SCENARIO_LIST <<<"$OVERLOAD_SCENARIOS"
@@ -104,28 +102,11 @@ describe_binary() {
     fi
 }
 
+BIN_SHA=$(sha256sum "$TASKGATE_BIN" | cut -d' ' -f1)
+BUILD_INFO=$(describe_binary)
 # The sweep runs a private copy: a build elsewhere during it cannot change what is measured.
-RUN_BIN="$WORK/taskgate"
-cp "$TASKGATE_BIN" "$RUN_BIN"
-BIN_SHA=$(sha256sum "$RUN_BIN" | cut -d' ' -f1)
-
-# Like lib.sh's start_taskgate, with the credentials in the environment as an operator sets
-# them, and nothing but the listen address and the endpoint on the command line.
-start_gate() {
-    local name=$1
-    shift
-    TG_PORT=$(free_port)
-    TENCENTCLOUD_SECRET_ID=$SECRET_ID TENCENTCLOUD_SECRET_KEY=$SECRET_KEY \
-        RUST_LOG=${RUST_LOG:-error} "$RUN_BIN" --listen "127.0.0.1:$TG_PORT" \
-        --upstream-endpoint "http://127.0.0.1:$FAKE_PORT" "$@" \
-        >"$WORK/$name.taskgate.log" 2>&1 &
-    TG_PID=$!
-    PIDS+=("$TG_PID")
-    wait_http "$TG_PID" "http://127.0.0.1:$TG_PORT/healthz" || {
-        cat "$WORK/$name.taskgate.log" >&2
-        die "$name: taskgate did not start"
-    }
-}
+cp "$TASKGATE_BIN" "$WORK/taskgate"
+TASKGATE_BIN="$WORK/taskgate"
 
 load_note() {
     local busy load
@@ -135,7 +116,6 @@ load_note() {
 }
 
 HOST_INFO=$(describe_host)
-BUILD_INFO=$(describe_binary)
 RESULTS_JSONL="$WORK/results.jsonl"
 : >"$RESULTS_JSONL"
 SWEEP_START=$(date +%s)
@@ -152,13 +132,13 @@ for s in "${SCENARIO_LIST[@]}"; do
         --enforce-limit "$RATE" --delay-ms "$FAKE_DELAY_MS" --max-seconds $((bound + 180))
     targets=()
     if ((replicas == 1)); then
-        start_gate "$name"
+        start_taskgate "$name" "$FAKE_PORT"
         targets+=("127.0.0.1:$TG_PORT")
         setup="1 taskgate, defaults"
     else
         start_redis "$name"
         for r in 1 2 3; do
-            start_gate "$name-$r" --redis-url "redis://127.0.0.1:$REDIS_PORT"
+            start_taskgate "$name-$r" "$FAKE_PORT" --redis-url "redis://127.0.0.1:$REDIS_PORT"
             targets+=("127.0.0.1:$TG_PORT")
         done
         setup="3 taskgates + 1 redis-server, defaults and --redis-url; clients round-robin"

@@ -31,7 +31,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 BASE_BIN=${BASE_BIN:-}
 TRACED=${TRACED:-1}
 [[ $ROUNDS =~ ^[1-9]$ ]] || die "ROUNDS must be 1..9"
-[[ $CONNECTIONS =~ ^[1-9][0-9]*$ ]] && ((CONNECTIONS <= 10000)) || die "CONNECTIONS must be 1..10000"
+{ [[ $CONNECTIONS =~ ^[1-9][0-9]*$ ]] && ((CONNECTIONS <= 10000)); } || die "CONNECTIONS must be 1..10000"
 ((DURATION_SECS >= 1 && DURATION_SECS <= 600)) || die "DURATION must be 1s..10m"
 [[ -z $BASE_BIN || -x $BASE_BIN ]] || die "BASE_BIN=$BASE_BIN is not an executable"
 command -v wrk >/dev/null || die "wrk is missing: apt-get install -y wrk"
@@ -57,30 +57,6 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_for
 PIDS+=("$!")
 SINK_PID=$!
 SINK="http://127.0.0.1:$SINK_PORT"
-HZ=$(getconf CLK_TCK)
-
-# As bench/cache_hit.sh: user CPU of everything but taskgate, wrk and the sink during a run, in %
-# of one core ("other CPU"; well above 10%, someone else's work skewed that run).
-all_user_ticks() { awk '/^cpu / {print $2 + $3}' /proc/stat; }
-pid_user_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12}'; }
-children_user_ticks() {
-    times >"$WORK/times.txt"
-    awk -v hz="$HZ" 'NR == 2 { split($1, t, /[ms]/); printf "%d", (t[1] * 60 + t[2]) * hz }' \
-        "$WORK/times.txt"
-}
-
-wait_idle() {
-    local start=$SECONDS busy
-    while :; do
-        busy=$(cpu_busy_pct)
-        ((busy < 10)) && return 0
-        if ((SECONDS - start >= IDLE_WAIT_SECS)); then
-            log "warning: still ${busy}% busy after ${IDLE_WAIT_SECS}s; measuring anyway"
-            return 0
-        fi
-        sleep 4
-    done
-}
 
 # measure NAME BIN [VAR=VALUE...]: start, warm /tasks/42, wrk; appends
 # "name|rps|p50|p99|spans|other CPU".
@@ -103,11 +79,11 @@ measure() {
         die "$name: /tasks/42 is not answered from the cache"
     wait_idle
     ((WARMUP_SECS > 0)) && taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${WARMUP_SECS}s" "$url" >/dev/null
-    all0=$(all_user_ticks) srv0=$(pid_user_ticks "$pid") kids0=$(children_user_ticks)
-    sink0=$(pid_user_ticks "$SINK_PID")
+    all0=$(all_user_ticks) srv0=$(tree_user_ticks "$pid") kids0=$(children_user_ticks)
+    sink0=$(tree_user_ticks "$SINK_PID")
     taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION_SECS}s" --latency "$url" >"$WORK/wrk.txt"
-    other=$(($(all_user_ticks) - all0 - ($(pid_user_ticks "$pid") - srv0) -
-        ($(children_user_ticks) - kids0) - ($(pid_user_ticks "$SINK_PID") - sink0)))
+    other=$(($(all_user_ticks) - all0 - ($(tree_user_ticks "$pid") - srv0) -
+        ($(children_user_ticks) - kids0) - ($(tree_user_ticks "$SINK_PID") - sink0)))
     other=$((other < 0 ? 0 : other * 100 / (DURATION_SECS * HZ)))
     spans=$(curl -s "http://127.0.0.1:$port/metrics" | awk '
         /^taskgate_trace_spans_exported_total / {e = $2}
