@@ -356,13 +356,22 @@ impl Budget {
             let (tx, rx) = oneshot::channel();
             let id = locked.next_waiter_id;
             locked.next_waiter_id += 1;
-            locked.queue.push(
-                key,
-                id,
-                ask.priority,
-                Arc::clone(&ask.interest),
-                Waiter { grant: tx },
-            );
+            let interest = Arc::clone(&ask.interest);
+            let waiter = Waiter { grant: tx };
+            // A caller who can wait longer than a plain request (a long poll's first lookup)
+            // lets those who cannot go first, until its own wait is nearly over.
+            let urgent_at = ask
+                .interest
+                .wanted_until()
+                .min(ask.deadline)
+                .checked_sub(self.config.max_queue_wait)
+                .filter(|at| *at > now);
+            match (ask.priority, urgent_at) {
+                (Priority::Unknown, Some(at)) => {
+                    locked.queue.push_patient(key, id, at, interest, waiter)
+                }
+                _ => locked.queue.push(key, id, ask.priority, interest, waiter),
+            }
             self.metrics
                 .budget_queue_depth
                 .set(locked.queue.len() as i64);

@@ -34,10 +34,6 @@ impl<T> FairQueue<T> {
         self.len
     }
 
-    pub(super) fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     pub(super) fn len_of(&self, key: &QueueKey) -> usize {
         self.queues.get(key).map_or(0, VecDeque::len)
     }
@@ -67,22 +63,24 @@ impl<T> FairQueue<T> {
 
     /// Takes a waiter out (it gave up); true if it was still here.
     pub(super) fn remove(&mut self, id: u64) -> bool {
-        let Some(key) = self
-            .queues
-            .iter()
-            .find(|(_, q)| q.iter().any(|(i, _)| *i == id))
-            .map(|(k, _)| Arc::clone(k))
-        else {
-            return false;
-        };
+        self.take(id).is_some()
+    }
+
+    /// Takes a waiter out by id, with whose it was.
+    pub(super) fn take(&mut self, id: u64) -> Option<(QueueKey, T)> {
+        let (key, at) = self.queues.iter().find_map(|(k, q)| {
+            q.iter()
+                .position(|(i, _)| *i == id)
+                .map(|at| (Arc::clone(k), at))
+        })?;
         let queue = self.queues.get_mut(&key).expect("found above");
-        queue.retain(|(i, _)| *i != id);
+        let (_, item) = queue.remove(at).expect("found above");
         if queue.is_empty() {
             self.queues.remove(&key);
             self.turn.retain(|k| *k != key);
         }
         self.len -= 1;
-        true
+        Some((key, item))
     }
 
     /// Makes room for `key` when full: pushes out the newest waiter of the busiest other caller,
@@ -133,7 +131,7 @@ mod tests {
                 "noisy-5"
             ]
         );
-        assert!(queue.is_empty());
+        assert_eq!(queue.len(), 0);
     }
 
     #[test]

@@ -2,7 +2,11 @@
 //! `now`), so its choices are tested with a controlled clock.
 //!
 //! 1. Tasks nothing is known about, with a caller blocked on them: in arrival order, one FIFO per
-//!    caller served round-robin (`fair_queue`), so a noisy caller cannot starve the others.
+//!    caller served round-robin (`fair_queue`), so a noisy caller cannot starve the others. A
+//!    caller who can wait (a long poll's first lookup, which waits as long as its `wait`) queues
+//!    behind those who cannot (a plain request gives up after the queue wait) until its own wait
+//!    is nearly over: earliest deadline first, in two tiers, so that a new task asked in the
+//!    middle of a wave of long polls is answered at once and no long poll waits past its end.
 //! 2. Refreshes of processing tasks that someone still wants, the stalest answer first.
 //! 3. Never a call nobody wants: an entry whose interest has lapsed leaves without a slot.
 //!
@@ -23,7 +27,13 @@ struct Entry<T> {
 }
 
 pub(super) struct Schedule<T> {
+    /// Unknown tasks whose callers give up soon.
     unknown: FairQueue<Entry<T>>,
+    /// Unknown tasks whose callers can wait, each until it turns urgent (`patient_due`).
+    patient: FairQueue<Entry<T>>,
+    /// When each patient entry joins `unknown`, by (instant, id). A mark outlives an entry taken
+    /// out early only until it comes due.
+    patient_due: BTreeMap<(Instant, u64), ()>,
     /// Refreshes by (fetched_at, id): the stalest first, ties in arrival order.
     refresh: BTreeMap<(Instant, u64), Entry<T>>,
     /// Where each queued refresh is, to take it out by id.
@@ -34,6 +44,8 @@ impl<T> Default for Schedule<T> {
     fn default() -> Self {
         Self {
             unknown: FairQueue::default(),
+            patient: FairQueue::default(),
+            patient_due: BTreeMap::new(),
             refresh: BTreeMap::new(),
             refresh_keys: HashMap::new(),
         }
@@ -48,7 +60,7 @@ pub(super) enum Next<T> {
 
 impl<T> Schedule<T> {
     pub(super) fn len(&self) -> usize {
-        self.unknown.len() + self.refresh.len()
+        self.unknown_len() + self.refresh.len()
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -56,15 +68,46 @@ impl<T> Schedule<T> {
     }
 
     pub(super) fn unknown_len(&self) -> usize {
-        self.unknown.len()
+        self.unknown.len() + self.patient.len()
     }
 
-    /// The queue position a newcomer of `priority` would take (0 = next).
+    /// The queue position a newcomer of `priority` would take (0 = next); an unknown task is
+    /// placed as one whose caller cannot wait.
     pub(super) fn position_for(&self, priority: Priority) -> usize {
         match priority {
             Priority::Unknown => self.unknown.len(),
             Priority::Refresh { fetched_at } => {
-                self.unknown.len() + self.refresh.range(..(fetched_at, u64::MAX)).count()
+                self.unknown_len() + self.refresh.range(..(fetched_at, u64::MAX)).count()
+            }
+        }
+    }
+
+    /// Queues an unknown task whose caller can wait: it goes behind the unknown tasks of callers
+    /// who cannot until `urgent_at` (its caller's deadline less the time a call needs to be
+    /// made), then joins them.
+    pub(super) fn push_patient(
+        &mut self,
+        key: QueueKey,
+        id: u64,
+        urgent_at: Instant,
+        interest: Arc<Interest>,
+        item: T,
+    ) {
+        self.patient.push(key, id, Entry { item, interest });
+        self.patient_due.insert((urgent_at, id), ());
+    }
+
+    /// Patient entries whose time has come join the urgent ones (at the back of their caller's
+    /// queue).
+    fn promote_due(&mut self, now: Instant) {
+        while let Some(entry) = self.patient_due.first_entry() {
+            let (due, id) = *entry.key();
+            if due > now {
+                return;
+            }
+            entry.remove();
+            if let Some((key, item)) = self.patient.take(id) {
+                self.unknown.push(key, id, item);
             }
         }
     }
@@ -89,7 +132,7 @@ impl<T> Schedule<T> {
 
     /// The class the next call would come from, if any.
     pub(super) fn next_priority(&self) -> Option<Priority> {
-        if !self.unknown.is_empty() {
+        if self.unknown_len() > 0 {
             return Some(Priority::Unknown);
         }
         self.refresh
@@ -103,7 +146,8 @@ impl<T> Schedule<T> {
     /// Takes the next entry out: the head of the unknown tasks, else the stalest refresh. An
     /// entry nobody wants any more comes out as `Unwanted`, so its slot goes to the next one.
     pub(super) fn pop(&mut self, now: Instant) -> Option<Next<T>> {
-        if let Some(entry) = self.unknown.pop() {
+        self.promote_due(now);
+        if let Some(entry) = self.unknown.pop().or_else(|| self.patient.pop()) {
             return Some(judge(entry, Priority::Unknown, now));
         }
         let ((fetched_at, id), entry) = self.refresh.pop_first()?;
@@ -116,7 +160,8 @@ impl<T> Schedule<T> {
         if let Some(fetched_at) = self.refresh_keys.remove(&id) {
             return self.refresh.remove(&(fetched_at, id)).is_some();
         }
-        self.unknown.remove(id)
+        // A patient entry's due mark stays behind; it finds nothing to promote when it comes due.
+        self.unknown.remove(id) || self.patient.remove(id)
     }
 
     /// Makes room for a newcomer of `priority` from `key` when the schedule is full: pushes out
@@ -135,7 +180,11 @@ impl<T> Schedule<T> {
             return self.refresh.remove(&(at, id)).map(|entry| entry.item);
         }
         match priority {
-            Priority::Unknown => self.unknown.make_room_for(key).map(|entry| entry.item),
+            Priority::Unknown => self
+                .unknown
+                .make_room_for(key)
+                .or_else(|| self.patient.make_room_for(key))
+                .map(|entry| entry.item),
             Priority::Refresh { .. } => None,
         }
     }
@@ -266,6 +315,53 @@ mod tests {
         );
         assert!(schedule.remove(3));
         assert!(!schedule.remove(3));
+        assert!(schedule.is_empty());
+    }
+    #[test]
+    fn a_caller_who_can_wait_goes_behind_those_who_cannot_until_its_wait_nearly_ends() {
+        let t0 = Instant::now();
+        let later = wanted_until(t0 + Duration::from_secs(60));
+        let mut schedule = Schedule::default();
+        let urgent_at = |secs| t0 + Duration::from_secs(secs);
+        schedule.push_patient(key(""), 1, urgent_at(28), Arc::clone(&later), "poll-1");
+        schedule.push_patient(key(""), 2, urgent_at(28), Arc::clone(&later), "poll-2");
+        schedule.push_patient(key(""), 3, urgent_at(5), Arc::clone(&later), "poll-3");
+        schedule.push(key(""), 4, Priority::Unknown, Arc::clone(&later), "plain");
+        let refresh = Priority::Refresh { fetched_at: t0 };
+        schedule.push(key(""), 5, refresh, Arc::clone(&later), "refresh");
+        assert_eq!(schedule.unknown_len(), 4);
+        assert_eq!(schedule.position_for(Priority::Unknown), 1, "behind plain");
+        assert_eq!(
+            schedule.position_for(refresh),
+            5,
+            "behind every unknown task and the refresh as stale"
+        );
+
+        // Before any is due: the plain request first, then the long polls in arrival order,
+        // and every unknown task before the refresh.
+        let mut early = Schedule::default();
+        early.push_patient(key(""), 1, urgent_at(28), Arc::clone(&later), "poll-1");
+        early.push(key(""), 2, Priority::Unknown, Arc::clone(&later), "plain");
+        early.push(key(""), 3, refresh, Arc::clone(&later), "refresh");
+        assert_eq!(drain(&mut early, t0), ["plain", "poll-1", "refresh"]);
+
+        // poll-3 is due at 5 s: it has joined the urgent ones by then, after plain.
+        assert_eq!(
+            drain(&mut schedule, urgent_at(6)),
+            ["plain", "poll-3", "poll-1", "poll-2", "refresh"]
+        );
+        assert!(schedule.is_empty());
+    }
+
+    #[test]
+    fn a_patient_entry_taken_out_early_is_not_promoted_later() {
+        let t0 = Instant::now();
+        let later = wanted_until(t0 + Duration::from_secs(60));
+        let mut schedule = Schedule::default();
+        schedule.push_patient(key(""), 1, t0 + Duration::from_secs(1), later, "poll");
+        assert!(schedule.remove(1));
+        assert!(!schedule.remove(1));
+        assert!(schedule.pop(t0 + Duration::from_secs(2)).is_none());
         assert!(schedule.is_empty());
     }
 }

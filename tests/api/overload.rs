@@ -154,6 +154,68 @@ async fn a_long_poll_waits_for_budget_as_long_as_its_wait() {
 }
 
 #[actix_rt::test]
+async fn a_plain_lookup_of_a_new_task_goes_before_a_wave_of_long_polls() {
+    // 25 long polls of new tasks queue for a budget of 5 calls/s (5 s of work); a plain lookup
+    // gives up after 2 s, so it must not wait behind them.
+    let app = spawn_app_with(
+        FakeUpstream::start(),
+        &["--rate-limit", RATE, "--max-queue-wait", "2s"],
+    )
+    .await;
+    for id in TASKS {
+        app.fake.script(id, Reply::Task(1));
+    }
+    let polls: Vec<_> = TASKS
+        .map(|id| {
+            let (client, base) = (app.client.clone(), app.base.clone());
+            actix_rt::spawn(async move {
+                let response = client
+                    .get(format!("{base}/tasks/{id}?wait=20s"))
+                    .timeout(Duration::from_secs(30))
+                    .send()
+                    .await
+                    .expect("answered");
+                response.status().as_u16()
+            })
+        })
+        .collect();
+    app.until_metric("taskgate_budget_queue_depth", 15.0).await;
+
+    let calls_before = app.fake.call_count();
+    let asked = Instant::now();
+    let answer = app.task(79_998).await;
+
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    let calls = app.fake.calls();
+    let own = calls
+        .iter()
+        .position(|c| c.flow_id == Some(79_998))
+        .expect("the new task was fetched");
+    // Slots free in bursts (a window after the answers of a burst): at most one burst of
+    // already granted calls may arrive first, never the 15 or more long polls queued.
+    assert!(
+        own - calls_before <= 5,
+        "at most the calls already granted went first, not the queued long polls ({} did)",
+        own - calls_before
+    );
+    // And every long poll still got its answer within its wait.
+    for poll in polls {
+        assert_eq!(poll.await.unwrap(), 200);
+    }
+    assert!(app.fake.max_calls_in_any_second() <= 5);
+}
+
+#[actix_rt::test]
 async fn a_completion_is_seen_within_n_over_r_plus_two_seconds() {
     let app = overloaded(&[]).await;
     let finished_at = Instant::now();
