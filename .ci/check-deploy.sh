@@ -116,8 +116,8 @@ pod = deploy["spec"]["template"]["spec"]
 
 # The account allows 20 upstream calls/s in total. Without Redis every replica has its own budget
 # of RATE_LIMIT: RATE_LIMIT x maxReplicas <= 20. In shared mode all replicas share one budget of
-# RATE_LIMIT (so <= 20), and a replica that cannot reach Redis falls back to RATE_LIMIT /
-# EXPECTED_REPLICAS: RATE_LIMIT / EXPECTED_REPLICAS x maxReplicas <= 20, even all degraded at once.
+# RATE_LIMIT (so <= 20), leased to them through Redis: a replica cut off from Redis spends only
+# what Redis had counted for it, so the replica count does not enter the arithmetic.
 def number(key, default=None):
     value = cm.get(key, default)
     if value is None or not str(value).isdigit():
@@ -127,12 +127,10 @@ def number(key, default=None):
 max_replicas = hpa["spec"]["maxReplicas"]
 rate = number("TASKGATE_RATE_LIMIT", "20")
 if cm.get("TASKGATE_REDIS_URL"):
-    expected = number("TASKGATE_EXPECTED_REPLICAS", "3")
     if rate > 20:
         problems.append(f"shared mode: TASKGATE_RATE_LIMIT {rate} is the budget of all replicas together and exceeds the account's 20 calls/s")
-    share = rate / expected if expected else float("inf")
-    if share * max_replicas > 20:
-        problems.append(f"shared mode: with Redis unreachable, {rate}/{expected} = {share:g} calls/s per replica x HPA maxReplicas {max_replicas} exceeds the account's 20 calls/s (raise TASKGATE_EXPECTED_REPLICAS to maxReplicas)")
+    if "TASKGATE_EXPECTED_REPLICAS" in cm:
+        problems.append("configmap.yaml: TASKGATE_EXPECTED_REPLICAS is no longer used (the budget is leased to the replicas present): remove it")
 elif rate * max_replicas > 20:
     problems.append(f"no Redis: upstream budget {rate}/s per replica x HPA maxReplicas {max_replicas} exceeds the account's 20 calls/s")
 
@@ -319,11 +317,10 @@ for name, env in replicas.items():
     if any(k.startswith("TENCENTCLOUD_SECRET") and v for k, v in env.items()):
         problems.append(f"{name}: credentials written into compose.yaml: use an env_file")
     rate = int(env.get("TASKGATE_RATE_LIMIT") or 20)
-    expected = int(env.get("TASKGATE_EXPECTED_REPLICAS") or 3)
     if rate > 20:
         problems.append(f"{name}: TASKGATE_RATE_LIMIT {rate} exceeds the account's 20 calls/s")
-    if rate / expected * len(replicas) > 20:
-        problems.append(f"{name}: with Redis down, {rate}/{expected} calls/s x {len(replicas)} replicas exceeds 20/s")
+    if "TASKGATE_EXPECTED_REPLICAS" in env:
+        problems.append(f"{name}: TASKGATE_EXPECTED_REPLICAS is no longer used: remove it")
 shared = {(e.get("TASKGATE_REDIS_URL"), e.get("TASKGATE_REDIS_PREFIX", "taskgate:")) for e in replicas.values()}
 if len(shared) > 1:
     problems.append(f"the replicas do not use the same Redis URL and prefix: {sorted(map(str, shared))}")

@@ -12,8 +12,8 @@
 #               calls in any 1 s window, done in about 4-5.5 s
 #   throttled   upstream throttles every 2nd call; 40 distinct tasks at once,
 #               --max-queue-wait 10s -> answers by status and calls, reported
-#   replicas    one redis-server, three taskgates sharing it (--expected-replicas 3,
-#               --max-queue-wait 15s): 150 distinct new tasks round-robin through the three at
+#   replicas    one redis-server, three taskgates sharing it
+#               (--max-queue-wait 15s): 150 distinct new tasks round-robin through the three at
 #               once -> all 200, 150 calls, at most 20 in any 1 s; the same 150 through other
 #               replicas -> 0 calls; 300 callers on one slow (1000 ms) task over the three -> 1 call
 #   longpoll    upstream finishes each task 10-11 s after its first call (a fixed jitter per
@@ -81,11 +81,11 @@ replicas() {
     local -a targets=()
     start_redis replicas
     start_fake replicas --status 1 --delay-ms 20
-    local tg_flags="--redis-url redis://127.0.0.1:PORT --redis-prefix bench: --expected-replicas 3"
+    local tg_flags="--redis-url redis://127.0.0.1:PORT --redis-prefix bench:"
     tg_flags="$tg_flags --max-queue-wait 15s"
     for r in 1 2 3; do
         start_taskgate "replicas-$r" "$FAKE_PORT" --redis-url "redis://127.0.0.1:$REDIS_PORT" \
-            --redis-prefix bench: --expected-replicas 3 --max-queue-wait 15s
+            --redis-prefix bench: --max-queue-wait 15s
         targets+=("127.0.0.1:$TG_PORT")
     done
     log "replicas: redis on $REDIS_PORT, taskgates on ${targets[*]}, fake on $FAKE_PORT"

@@ -5,14 +5,18 @@
 //! stops the start with a message naming the variable, never later in a request. Secrets are read
 //! here but never echoed: clap is told to hide their values in `--help`.
 
+use std::time::Duration;
+
 use clap::{CommandFactory, Parser};
 
 use super::config_error::ConfigError;
 use super::settings::{
     BudgetSettings, CallerSettings, CredentialSettings, LookupSettings, ServerSettings,
-    SharedSettings, UpstreamSettings,
+    SharedSettings, UpstreamSettings, RATE_WINDOW,
 };
 use super::trace_settings::TraceSettings;
+use crate::budget::RENEW_EVERY;
+use crate::shared::LeaseTerms;
 use crate::upstream::Endpoint;
 
 /// Everything taskgate can be told. Field docs are the `--help` text.
@@ -66,10 +70,28 @@ impl Config {
                 "must not be longer than TASKGATE_REQUEST_TIMEOUT",
             ));
         }
-        self.shared.shared_config(self.budget.cooling())?;
+        self.shared.shared_config()?;
         self.credentials.validate(self.server.demo)?;
         self.traces.trace_config()?;
         Ok(endpoint)
+    }
+
+    /// The terms of this replica's lease of the shared budget. A lease lasts 3 s on Redis's clock
+    /// and is renewed every 0.5 s; this replica counts it as ended one window plus the margin
+    /// earlier on its own clock, and Redis counts it until the longest attempt, a window and the
+    /// margin later (a call sent just before the end may still arrive then). The safe share
+    /// covers 30 s more of Redis trouble.
+    pub(crate) fn lease_terms(&self) -> LeaseTerms {
+        let window = self.budget.cooling();
+        LeaseTerms {
+            limit: self.budget.rate_limit,
+            lease_for: Duration::from_secs(3),
+            safe_for: Duration::from_secs(30),
+            tail: self.upstream.upstream_timeout + window,
+            local_margin: window,
+            hold_off: RENEW_EVERY + self.shared.redis_timeout + Duration::from_millis(250),
+            window: RATE_WINDOW,
+        }
     }
 }
 

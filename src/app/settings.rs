@@ -291,14 +291,15 @@ pub struct SharedSettings {
     #[arg(long, env = "TASKGATE_REDIS_TIMEOUT", default_value = "250ms", value_parser = parse_positive_duration)]
     pub redis_timeout: Duration,
 
-    /// Replicas sharing the budget; while Redis is down each uses RATE_LIMIT / this.
-    #[arg(long, env = "TASKGATE_EXPECTED_REPLICAS", default_value = "3", value_parser = parse_rate_limit)]
-    pub expected_replicas: u32,
+    /// No longer used: the shared budget is leased to the replicas present, whatever their
+    /// number. Still accepted (and logged as ignored) so old configurations start.
+    #[arg(long, env = "TASKGATE_EXPECTED_REPLICAS", hide = true)]
+    pub expected_replicas: Option<String>,
 }
 
 impl SharedSettings {
     /// Shared mode's settings, when Redis is configured (checked first).
-    pub fn shared_config(&self, quiet_for: Duration) -> Result<Option<SharedConfig>, ConfigError> {
+    pub fn shared_config(&self) -> Result<Option<SharedConfig>, ConfigError> {
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
             return Err(ConfigError::new(
                 "TASKGATE_REDIS_PREFIX",
@@ -320,8 +321,6 @@ impl SharedSettings {
             url: url.clone(),
             prefix: self.redis_prefix.clone(),
             op_timeout: self.redis_timeout,
-            expected_replicas: self.expected_replicas,
-            quiet_for,
         }))
     }
 }

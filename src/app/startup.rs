@@ -62,6 +62,8 @@ pub struct Application {
     shutdown_timeout: Duration,
     /// The trace export thread, when traces are on: flushed last.
     traces: Option<ExportHandle>,
+    /// Gives its lease of the shared budget back once nothing more is sent.
+    budget: Arc<Budget>,
 }
 
 impl Application {
@@ -93,8 +95,7 @@ impl Application {
         let redis = start_redis(&config, &metrics, &clock)?;
         let budget = Budget::start(
             config.budget.budget_config(),
-            config.upstream.upstream_timeout,
-            redis.clone(),
+            redis.clone().map(|redis| (redis, config.lease_terms())),
             Arc::clone(&clock),
             Arc::clone(&metrics),
         );
@@ -111,7 +112,7 @@ impl Application {
             Arc::clone(&metrics),
         ));
         let attempts = Attempts {
-            budget,
+            budget: Arc::clone(&budget),
             resilience,
             credentials: Arc::clone(&credentials),
             policy: config.lookup.cache_policy(),
@@ -167,6 +168,7 @@ impl Application {
             drain_delay: config.server.drain_delay,
             shutdown_timeout: config.server.shutdown_timeout,
             traces: export,
+            budget,
         })
     }
 
@@ -220,6 +222,7 @@ impl Application {
                 .flush(deadline.max(now + Duration::from_millis(250)))
                 .await;
         }
+        self.budget.leave().await;
         log::info!("stopped");
         if let Some(demo) = &self.demo {
             demo.stop().await;
@@ -359,9 +362,15 @@ fn start_redis(
     metrics: &Arc<Metrics>,
     clock: &Arc<dyn Clock>,
 ) -> Result<Option<Arc<Redis>>, ConfigError> {
-    let Some(shared) = config.shared.shared_config(config.budget.cooling())? else {
+    let Some(shared) = config.shared.shared_config()? else {
         return Ok(None);
     };
+    if config.shared.expected_replicas.is_some() {
+        log::warn!(
+            "TASKGATE_EXPECTED_REPLICAS is ignored: the shared budget is leased to the replicas \
+             present, whatever their number"
+        );
+    }
     let url = shared.url.clone();
     let redis = Redis::start(shared, Arc::clone(metrics), Arc::clone(clock))
         .map_err(|message| ConfigError::new("TASKGATE_REDIS_URL", message))?;

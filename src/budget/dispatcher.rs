@@ -4,22 +4,21 @@
 //! fair across callers, then refreshes, the stalest first; a call nobody wants any more leaves it
 //! without a slot. One dispatcher task hands out slots as they free up. A full schedule refuses
 //! with a `Retry-After` computed from the queue as it is. The window itself is `window::BudgetState`, wrapped here with
-//! a lock, the queue's channels and the dispatcher; with Redis, slots come from the shared budget
-//! while Redis is healthy and from a local share while it is not.
+//! a lock, the queue's channels and the dispatcher; with Redis, the window's cap is the lease this
+//! replica holds (`lease_keeper`), so a slot never waits on a Redis round trip.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use super::fair_queue::QueueKey;
 use super::interest::{Interest, Priority};
+use super::lease_keeper::LeaseKeeper;
 use super::schedule::{Next, Schedule};
 use super::window::{BudgetConfig, BudgetState, RECOVERY_STEP};
-use crate::shared::budget::{Take as SharedTake, TakeFor};
-use crate::shared::{Mode, Redis, SharedBudget};
-use crate::support::{ceil_secs, lock, Clock};
+use crate::shared::{Demand, LeaseTerms, Redis};
+use crate::support::{lock, Clock};
 use crate::task::CallerName;
 use crate::telemetry::{BudgetRejection, Metrics, ScheduleClass};
 
@@ -51,19 +50,11 @@ struct WindowAndQueue {
     state: BudgetState,
     queue: Schedule<Waiter>,
     next_waiter_id: u64,
-    /// In shared mode: when Redis said the earliest slot frees, as of the last refusal.
-    shared_free_at: Option<Instant>,
-}
-
-/// Which budget a slot came from; decides how it is released.
-enum Slot {
-    Local,
-    Shared(String),
 }
 
 /// The answer of one attempt to take a slot.
 enum Take {
-    Granted(Slot),
+    Granted,
     /// Nothing before this instant (or before a wake-up).
     WaitUntil(Instant),
 }
@@ -73,10 +64,8 @@ pub(crate) struct Budget {
     locked: Mutex<WindowAndQueue>,
     wake: Arc<Notify>,
     config: BudgetConfig,
-    /// How long an attempt may take at most: a shared slot is held at least that long plus a
-    /// window until its release lowers it.
-    attempt_timeout: Duration,
-    redis: Option<(Arc<Redis>, SharedBudget)>,
+    /// In shared mode, the lease that caps the window.
+    lease: Option<Arc<LeaseKeeper>>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 }
@@ -85,7 +74,6 @@ pub(crate) struct Budget {
 /// starts the slot's cooling window.
 pub(crate) struct Permit {
     budget: Arc<Budget>,
-    slot: Option<Slot>,
     /// When the slot was handed out: the call is sent right after.
     taken_at: Instant,
 }
@@ -93,21 +81,7 @@ pub(crate) struct Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         let now = self.budget.clock.now();
-        match self.slot.take() {
-            Some(Slot::Local) | None => self.budget.lock().state.release(now, self.taken_at),
-            Some(Slot::Shared(member)) => {
-                let budget = Arc::clone(&self.budget);
-                // As locally: a window after the answer, and a window plus the margin after the send.
-                let margin_left =
-                    (self.taken_at + budget.config.margin).saturating_duration_since(now);
-                let cool = budget.config.window + margin_left;
-                tokio::spawn(async move {
-                    if let Some((redis, scripts)) = &budget.redis {
-                        scripts.release(redis, &member, cool).await;
-                    }
-                });
-            }
-        }
+        self.budget.lock().state.release(now, self.taken_at);
         self.budget.wake.notify_one();
     }
 }
@@ -120,32 +94,41 @@ impl Drop for Budget {
 }
 
 impl Budget {
-    /// Builds the budget and starts its dispatcher on the current runtime. With `redis`, slots
-    /// come from the shared budget while Redis is healthy.
+    /// Builds the budget and starts its dispatcher on the current runtime. With `redis`, the
+    /// window runs inside a lease of the shared budget, renewed by a keeper task.
     pub(crate) fn start(
         config: BudgetConfig,
-        attempt_timeout: Duration,
-        redis: Option<Arc<Redis>>,
+        redis: Option<(Arc<Redis>, LeaseTerms)>,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
+        let lease = redis.map(|(redis, terms)| {
+            Arc::new(LeaseKeeper::new(
+                redis,
+                terms,
+                Arc::clone(&metrics),
+                Arc::clone(&clock),
+            ))
+        });
         let budget = Arc::new(Self {
             locked: Mutex::new(WindowAndQueue {
                 state: BudgetState::new(config),
                 queue: Schedule::default(),
                 next_waiter_id: 0,
-                shared_free_at: None,
             }),
             wake: Arc::new(Notify::new()),
             config,
-            attempt_timeout,
-            redis: redis.map(|r| {
-                let scripts = SharedBudget::new(&r);
-                (r, scripts)
-            }),
+            lease: lease.clone(),
             clock,
             metrics,
         });
+        if let Some(keeper) = lease {
+            let (weak, wake) = (Arc::downgrade(&budget), Arc::clone(&budget.wake));
+            tokio::spawn(keeper.run(
+                move |now, keeper| weak.upgrade().map(|budget| budget.demand(now, keeper)),
+                move || wake.notify_one(),
+            ));
+        }
         let weak = Arc::downgrade(&budget);
         let wake_signal = Arc::clone(&budget.wake);
         tokio::spawn(async move {
@@ -173,49 +156,41 @@ impl Budget {
         lock(&self.locked)
     }
 
-    /// One try at a slot for a call of `priority`, from whichever budget is in force now;
-    /// `unknown_waiting` is how many unknown tasks wait here, this call included if it is one.
-    async fn try_take(&self, now: Instant, priority: Priority, unknown_waiting: usize) -> Take {
-        let mode = self.redis.as_ref().map(|(redis, _)| redis.mode(now));
-        match mode {
-            None => self.try_take_local(now, None),
-            Some(Mode::Degraded) => {
-                let share = self
-                    .redis
-                    .as_ref()
-                    .map(|(redis, _)| redis.local_share(self.config.limit));
-                self.try_take_local(now, share)
+    /// One try at a slot for a call of `priority`: under the lease's cap in shared mode.
+    fn try_take(&self, now: Instant, priority: Priority) -> Take {
+        let Some(lease) = &self.lease else {
+            return self.try_take_local(now, None);
+        };
+        let cap = lease.cap(now, matches!(priority, Priority::Refresh { .. }));
+        match self.try_take_local(now, Some(cap)) {
+            Take::Granted => Take::Granted,
+            Take::WaitUntil(at) => {
+                lease.want_more();
+                Take::WaitUntil(at.min(lease.next_change(now)))
             }
-            Some(Mode::Quiet { until }) => Take::WaitUntil(until),
-            Some(Mode::Shared) => {
-                let (redis, scripts) = self.redis.as_ref().expect("shared mode has Redis");
-                let limit = self.lock().state.effective_limit(now);
-                let hold = self.attempt_timeout + self.config.window + self.config.margin;
-                let purpose = TakeFor {
-                    refresh: matches!(priority, Priority::Refresh { .. }),
-                    unknown_waiting,
-                };
-                match scripts.take(redis, limit, hold, purpose).await {
-                    Ok(SharedTake::Granted(member)) => {
-                        self.lock().shared_free_at = None;
-                        Take::Granted(Slot::Shared(member))
-                    }
-                    Ok(SharedTake::Refused(wait)) => {
-                        let at = now + wait;
-                        self.lock().shared_free_at = Some(at);
-                        Take::WaitUntil(at)
-                    }
-                    // Redis just failed: the mode is now quiet; look again at once.
-                    Err(_) => Take::WaitUntil(now),
-                }
-            }
+        }
+    }
+
+    /// What this replica tells the shared budget it wants, at `now`.
+    fn demand(&self, now: Instant, lease: &LeaseKeeper) -> Demand {
+        let limit = self.config.limit;
+        let mut locked = self.lock();
+        let held = locked.state.used(now) as u32;
+        let waiting = locked.queue.len() as u32;
+        Demand {
+            unknown: (locked.queue.unknown_len() as u32).min(limit),
+            total: held.saturating_add(waiting).min(limit),
+            applying: lease.cap(now, false),
+            safe: lease.safe_at(now),
+            held,
+            throttled: false,
         }
     }
 
     fn try_take_local(&self, now: Instant, cap: Option<u32>) -> Take {
         let mut locked = self.lock();
         if locked.state.try_take_capped(now, cap) {
-            Take::Granted(Slot::Local)
+            Take::Granted
         } else {
             let at = locked
                 .state
@@ -225,10 +200,9 @@ impl Budget {
         }
     }
 
-    fn permit(self: &Arc<Self>, slot: Slot) -> Permit {
+    fn permit(self: &Arc<Self>) -> Permit {
         Permit {
             budget: Arc::clone(self),
-            slot: Some(slot),
             taken_at: self.clock.now(),
         }
     }
@@ -250,18 +224,15 @@ impl Budget {
             let next = {
                 let locked = self.lock();
                 self.publish_gauges(&locked, now);
-                locked
-                    .queue
-                    .next_priority()
-                    .map(|priority| (priority, locked.queue.unknown_len()))
+                locked.queue.next_priority()
             };
-            let Some((priority, unknown)) = next else {
+            let Some(priority) = next else {
                 // Still wake for recovery so the effective-rate gauge stays truthful.
                 let recovering = self.lock().state.effective_limit(now) < self.config.limit;
                 return recovering.then(|| now + RECOVERY_STEP);
             };
-            match self.try_take(now, priority, unknown).await {
-                Take::Granted(slot) => self.hand_out(self.permit(slot), now),
+            match self.try_take(now, priority) {
+                Take::Granted => self.hand_out(self.permit(), now),
                 Take::WaitUntil(at) if at <= now => tokio::task::yield_now().await,
                 Take::WaitUntil(at) => return Some(at),
             }
@@ -299,7 +270,18 @@ impl Budget {
             .set(locked.state.used_at(now) as i64);
         self.metrics
             .budget_effective_rate
-            .set(f64::from(locked.state.effective_limit(now)));
+            .set(f64::from(self.effective_limit(locked, now)));
+        if let Some(lease) = &self.lease {
+            lease.publish(now);
+        }
+    }
+
+    /// The limit in force: the local one (lowered after throttling), and in shared mode the
+    /// shared one too.
+    fn effective_limit(&self, locked: &WindowAndQueue, now: Instant) -> u32 {
+        let local = locked.state.effective_limit(now);
+        let shared = self.lease.as_ref().and_then(|lease| lease.shared_limit());
+        shared.map_or(local, |shared| shared.min(local))
     }
 
     /// `Retry-After` for a newcomer at `position` in the queue.
@@ -309,15 +291,11 @@ impl Budget {
         now: Instant,
         position: usize,
     ) -> u64 {
-        match (&self.redis, locked.shared_free_at) {
-            (Some((redis, _)), Some(free_at)) if redis.mode(now) == Mode::Shared => {
-                let limit = locked.state.effective_limit(now).max(1) as usize;
-                let round = self.config.window + self.config.margin;
-                let at = free_at.max(now) + round * (position / limit) as u32;
-                ceil_secs(at.saturating_duration_since(now)).max(1)
-            }
-            _ => locked.state.retry_after_secs(now, position),
-        }
+        let cap = self
+            .lease
+            .as_ref()
+            .map(|lease| lease.cap(now, false).max(1));
+        locked.state.retry_after_secs(now, position, cap)
     }
 
     /// Waits for a slot in the schedule for as long as anyone wants the call (and at most until
@@ -331,11 +309,10 @@ impl Budget {
         let key: QueueKey = ask.caller.clone().unwrap_or_else(|| Arc::from(""));
         let now = self.clock.now();
         if self.lock().queue.is_empty() {
-            let unknown = usize::from(ask.priority == Priority::Unknown);
-            if let Take::Granted(slot) = self.try_take(now, ask.priority, unknown).await {
+            if let Take::Granted = self.try_take(now, ask.priority) {
                 self.metrics.budget_wait.observe(0.0);
                 self.granted(ask.priority, now);
-                return Ok(self.permit(slot));
+                return Ok(self.permit());
             }
         }
         let (id, mut grant) = {
@@ -467,10 +444,21 @@ impl Budget {
         let limit = {
             let mut locked = self.lock();
             locked.state.throttled(now);
-            locked.state.effective_limit(now)
+            self.effective_limit(&locked, now)
         };
         self.metrics.budget_effective_rate.set(f64::from(limit));
+        if let Some(lease) = &self.lease {
+            lease.throttled();
+        }
         self.wake.notify_one();
+    }
+
+    /// On shutdown, after the drain: gives the lease back so the others may use it.
+    pub(crate) async fn leave(&self) {
+        if let Some(lease) = &self.lease {
+            let held = self.lock().state.used(self.clock.now()) as u32;
+            lease.leave(held).await;
+        }
     }
 }
 

@@ -4,14 +4,15 @@
 //! - `schedule`: who gets the next slot: unknown tasks first (fair across callers, `fair_queue`),
 //!   then refreshes that someone still wants, the stalest first; `interest`: what a call is worth
 //!   and until when anyone wants it
-//! - `dispatcher`: the budget every worker takes slots from and its dispatcher task; in shared
-//!   mode the slots come from Redis
+//! - `dispatcher`: the budget every worker takes slots from and its dispatcher task
+//! - `lease_keeper`: in shared mode, the lease that caps the window and the task renewing it
 //! - `retry_budget`, `breaker`: pure guards against a failing upstream; `resilience` holds both
 
 pub(crate) mod breaker;
 mod dispatcher;
 mod fair_queue;
 mod interest;
+mod lease_keeper;
 mod resilience;
 pub(crate) mod retry_budget;
 mod schedule;
@@ -20,6 +21,7 @@ mod window;
 pub(crate) use breaker::{Admission, BreakerConfig};
 pub(crate) use dispatcher::{Budget, SlotAsk};
 pub(crate) use interest::{Interest, Priority};
+pub(crate) use lease_keeper::RENEW_EVERY;
 pub(crate) use resilience::Resilience;
 pub(crate) use retry_budget::RetryBudgetConfig;
 pub(crate) use window::BudgetConfig;

@@ -159,11 +159,17 @@ impl BudgetState {
         }
     }
 
-    /// When the lookup at queue position `position` (0 = next) would likely get a slot.
-    /// Slots free at their cooling ends; calls in flight are assumed to answer now; after the
-    /// known slots, each further round of `limit` waiters takes one more window.
-    pub(super) fn estimate_slot_at(&mut self, now: Instant, position: usize) -> Instant {
-        let limit = self.effective_limit(now).max(1) as usize;
+    /// When the lookup at queue position `position` (0 = next) would likely get a slot under
+    /// `cap` (the lease, in shared mode). Slots free at their cooling ends; calls in flight are
+    /// assumed to answer now; after the known slots, each further round of `limit` waiters takes
+    /// one more window.
+    pub(super) fn estimate_slot_at(
+        &mut self,
+        now: Instant,
+        position: usize,
+        cap: Option<u32>,
+    ) -> Instant {
+        let limit = self.capped_limit(now, cap).max(1) as usize;
         let round = self.config.window + self.config.margin;
         let mut free: Vec<Instant> = Vec::with_capacity(limit);
         let idle = limit.saturating_sub(self.used(now));
@@ -180,8 +186,13 @@ impl BudgetState {
     }
 
     /// `Retry-After` for a newcomer at `position`, in whole seconds (at least 1).
-    pub(super) fn retry_after_secs(&mut self, now: Instant, position: usize) -> u64 {
-        let at = self.estimate_slot_at(now, position);
+    pub(super) fn retry_after_secs(
+        &mut self,
+        now: Instant,
+        position: usize,
+        cap: Option<u32>,
+    ) -> u64 {
+        let at = self.estimate_slot_at(now, position, cap);
         ceil_secs(at.saturating_duration_since(now)).max(1)
     }
 }
@@ -291,9 +302,9 @@ mod tests {
         state.release(t0, t0);
         state.release(t0, t0);
         // Both slots free at t0 + 1.05 s: positions 0 and 1 get them, 2 and 3 one round later.
-        assert_eq!(state.retry_after_secs(t0, 0), 2);
-        assert_eq!(state.retry_after_secs(t0, 1), 2);
-        assert_eq!(state.retry_after_secs(t0, 2), 3);
-        assert_eq!(state.retry_after_secs(t0, 5), 4);
+        assert_eq!(state.retry_after_secs(t0, 0, None), 2);
+        assert_eq!(state.retry_after_secs(t0, 1, None), 2);
+        assert_eq!(state.retry_after_secs(t0, 2, None), 3);
+        assert_eq!(state.retry_after_secs(t0, 5, None), 4);
     }
 }

@@ -1,5 +1,6 @@
-//! The connection to Redis and the health of shared mode: shared, quiet (changing budgets) or
-//! degraded (Redis unavailable), with the probe that finds the way back.
+//! The connection to Redis and its health: whether the shared cache and the lookups across
+//! replicas should try Redis at all. The budget does not depend on it: it runs on its lease
+//! (`lease`), which outlives a failing Redis by itself.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -9,10 +10,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::time::Instant;
 
 use crate::support::{lock, Clock};
-use crate::telemetry::{Metrics, SharedMode};
-
-/// How often a degraded replica checks whether Redis is back.
-const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+use crate::telemetry::Metrics;
 
 /// `TASKGATE_REDIS_URL`, whose password never prints.
 #[derive(Clone)]
@@ -42,33 +40,13 @@ pub struct SharedConfig {
     pub url: RedisUrl,
     pub prefix: String,
     pub op_timeout: Duration,
-    pub expected_replicas: u32,
-    /// The budget's window plus margin: how long to stay quiet on a change of mode.
-    pub quiet_for: Duration,
 }
 
+/// Whether Redis answered the last operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Health {
     Connected,
-    /// Redis failed at `since`.
-    Down {
-        since: Instant,
-    },
-    /// Redis answered again at `since` after being down.
-    Returning {
-        since: Instant,
-    },
-}
-
-/// What the budget may do right now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Mode {
-    /// Use the shared budget in Redis.
-    Shared,
-    /// Send nothing until `until`: the other budget may still be counting this window.
-    Quiet { until: Instant },
-    /// Redis is down: use the local share.
-    Degraded,
+    Down,
 }
 
 /// The connection and the health of shared mode.
@@ -87,7 +65,8 @@ pub(crate) struct Redis {
 pub(crate) struct Unavailable;
 
 impl Redis {
-    /// Connects lazily (a replica starts even while Redis is down) and starts the health probe.
+    /// Connects lazily: a replica starts even while Redis is down (its lease keeper renews every
+    /// half second, which is also how it finds Redis again).
     pub(crate) fn start(
         config: SharedConfig,
         metrics: Arc<Metrics>,
@@ -115,26 +94,6 @@ impl Redis {
             metrics,
             clock,
         });
-        redis.publish_mode(Mode::Shared);
-        let weak = Arc::downgrade(&redis);
-        tokio::spawn(async move {
-            // While down, ping twice a second so the way back is found without traffic.
-            loop {
-                tokio::time::sleep(PROBE_INTERVAL).await;
-                let Some(redis) = weak.upgrade() else { return };
-                if matches!(redis.health(), Health::Down { .. }) {
-                    let mut conn = redis.conn.clone();
-                    let _ =
-                        redis
-                            .run(async move {
-                                redis::cmd("PING").query_async::<String>(&mut conn).await
-                            })
-                            .await;
-                }
-                let now = redis.clock.now();
-                redis.publish_mode(redis.mode(now));
-            }
-        });
         Ok(redis)
     }
 
@@ -161,45 +120,9 @@ impl Redis {
         key
     }
 
-    fn health(&self) -> Health {
-        *lock(&self.health)
-    }
-
-    /// What the budget may do at `now`; moves Returning to Connected once the quiet window ends.
-    pub(crate) fn mode(&self, now: Instant) -> Mode {
-        let mut health = lock(&self.health);
-        match *health {
-            Health::Connected => Mode::Shared,
-            Health::Down { since } if now < since + self.config.quiet_for => Mode::Quiet {
-                until: since + self.config.quiet_for,
-            },
-            Health::Down { .. } => Mode::Degraded,
-            Health::Returning { since } if now < since + self.return_quiet() => Mode::Quiet {
-                until: since + self.return_quiet(),
-            },
-            Health::Returning { .. } => {
-                *health = Health::Connected;
-                log::info!("Redis is back: shared budget, cache and lookups resumed");
-                Mode::Shared
-            }
-        }
-    }
-
-    /// How long to stay quiet on the way back to shared mode. Longer than on the way down: other
-    /// replicas may notice Redis's return up to one probe (and one operation timeout) later, and
-    /// their local calls until then are not in the shared budget.
-    fn return_quiet(&self) -> Duration {
-        self.config.quiet_for + PROBE_INTERVAL + self.config.op_timeout
-    }
-
     /// Whether cache and lookup coordination should try Redis at all right now.
     pub(crate) fn is_usable(&self) -> bool {
-        !matches!(self.health(), Health::Down { .. })
-    }
-
-    /// The conservative local share used while degraded.
-    pub(crate) fn local_share(&self, limit: u32) -> u32 {
-        (limit / self.config.expected_replicas.max(1)).max(1)
+        *lock(&self.health) == Health::Connected
     }
 
     /// Runs one Redis operation with the operation timeout, recording the health it shows.
@@ -207,55 +130,40 @@ impl Redis {
         &self,
         operation: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, Unavailable> {
-        let result = tokio::time::timeout(self.config.op_timeout, operation).await;
-        let now = self.clock.now();
-        match result {
+        match tokio::time::timeout(self.config.op_timeout, operation).await {
             Ok(Ok(value)) => {
-                self.succeeded(now);
+                self.succeeded();
                 Ok(value)
             }
             Ok(Err(error)) => {
-                self.failed(now, &error.to_string());
+                self.failed(&error.to_string());
                 Err(Unavailable)
             }
             Err(_) => {
-                self.failed(now, "timed out");
+                self.failed("timed out");
                 Err(Unavailable)
             }
         }
     }
 
-    fn succeeded(&self, now: Instant) {
+    fn succeeded(&self) {
         let mut health = lock(&self.health);
-        if let Health::Down { .. } = *health {
-            *health = Health::Returning { since: now };
-            log::info!(
-                "Redis answers again: staying quiet for {} ms before resuming the shared budget",
-                self.config.quiet_for.as_millis()
-            );
+        if *health == Health::Down {
+            *health = Health::Connected;
+            log::info!("Redis answers again: shared cache and lookups resumed");
         }
     }
 
-    fn failed(&self, now: Instant, why: &str) {
+    fn failed(&self, why: &str) {
         self.metrics.redis_errors.inc();
         let mut health = lock(&self.health);
-        if !matches!(*health, Health::Down { .. }) {
-            *health = Health::Down { since: now };
+        if *health == Health::Connected {
+            *health = Health::Down;
             log::warn!(
-                "Redis unavailable ({why}): degraded to local caches and a local budget share \
-                 of 1/{} after a quiet window",
-                self.config.expected_replicas
+                "Redis unavailable ({why}): serving from the local cache; the budget runs on \
+                 its lease, then its safe share"
             );
         }
-    }
-
-    fn publish_mode(&self, mode: Mode) {
-        let current = match mode {
-            Mode::Shared => SharedMode::Shared,
-            Mode::Quiet { .. } => SharedMode::Quiet,
-            Mode::Degraded => SharedMode::Degraded,
-        };
-        self.metrics.set_shared_mode(current);
     }
 }
 

@@ -13,6 +13,7 @@ use super::labels::{
     code_label, BreakerState, BudgetRejection, CallOutcome, Route, ScheduleClass, Served,
     SharedMode, WaitEnd, ANONYMOUS_CALLER, KNOWN_ERROR_CODES, REJECTED_CALLER,
 };
+use super::lease_metrics::LeaseMetrics;
 use super::registry::{counter, counters, float_gauge, gauge, gauges, histogram, registered};
 use super::traces::TraceCounters;
 use crate::support::reload::ReloadCounters;
@@ -75,6 +76,7 @@ pub struct Metrics {
     pub ready: IntGauge,
     pub log_lines_dropped: IntCounter,
     pub(crate) traces: TraceCounters,
+    pub(crate) lease: LeaseMetrics,
 }
 
 impl Metrics {
@@ -232,7 +234,7 @@ impl Metrics {
             shared_mode: gauges(
                 &r,
                 "taskgate_shared_mode",
-                "1 for the current state of shared mode: off (no Redis), shared, quiet (changing budgets), degraded (Redis unavailable).",
+                "1 for the current state of shared mode: off (no Redis), shared (the lease renews), degraded (Redis unavailable: spending the lease, then the safe share), quiet (Redis unavailable and nothing left to spend, or not reached yet since start).",
                 &["mode"],
             ),
             redis_errors: counter(
@@ -284,6 +286,7 @@ impl Metrics {
                 "Log lines dropped because standard error could not keep up (16 MiB unwritten).",
             ),
             traces: TraceCounters::register(&r),
+            lease: LeaseMetrics::register(&r),
             registry: r,
         };
         metrics.register_process_and_build_info();

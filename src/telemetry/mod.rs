@@ -1,7 +1,7 @@
 //! What operators see: metrics, logs, and the access line of every request.
 //!
 //! - `labels`: the enums and closed lists metric labels take (never flow ids or secrets)
-//! - `metrics`: the Prometheus registry and typed handles
+//! - `metrics`: the Prometheus registry and typed handles; `lease_metrics`: the shared budget's lease
 //! - `registry`: declaring a metric in one expression (build, register, keep the handle)
 //! - `logging`: text or JSON lines on standard error, written off the request path
 //! - `access`: the access-log line (target `taskgate::access`)
@@ -10,6 +10,7 @@
 
 pub(crate) mod access;
 pub(crate) mod labels;
+mod lease_metrics;
 pub mod logging;
 mod metrics;
 mod registry;

@@ -11,7 +11,7 @@ use crate::redis_server::RedisServer;
 fn replicas(fake: &FakeUpstream, redis: &RedisServer, extra: &[&str]) -> Vec<Process> {
     let url = redis.url();
     let prefix = format!("test{}:", fastrand::u32(..));
-    let mut args = vec!["--expected-replicas", "3", "--access-log", "false"];
+    let mut args = vec!["--access-log", "false"];
     args.extend_from_slice(extra);
     (0..3)
         .map(|_| spawn_replica(fake, &url, &prefix, &args))

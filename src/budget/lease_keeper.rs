@@ -1,0 +1,195 @@
+//! In shared mode: the lease this replica spends, and the task that keeps renewing it.
+//!
+//! The dispatcher's own sliding window runs inside the lease: its cap is the lease's rate, then
+//! its safe share, then nothing. The keeper renews every `RENEW_EVERY` with the replica's demand,
+//! and at once (at most every `RENEW_SOONEST`) when calls wait beyond the cap. A renewal that
+//! fails changes nothing here: the grant in hand runs out by itself, on this replica's clock.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::shared::{Demand, Grant, LeaseTerms, Leases, Redis};
+use crate::support::{lock, Clock};
+use crate::telemetry::{Metrics, SharedMode};
+
+/// How often a lease is renewed when nothing asks for more.
+pub(crate) const RENEW_EVERY: Duration = Duration::from_millis(500);
+/// The shortest time between two renewals, when calls wait for more capacity.
+const RENEW_SOONEST: Duration = Duration::from_millis(100);
+
+/// The lease in hand and what it takes to renew it.
+pub(crate) struct LeaseKeeper {
+    redis: Arc<Redis>,
+    leases: Leases,
+    grant: Mutex<Option<Grant>>,
+    /// The last renewal answered.
+    connected: AtomicBool,
+    throttled: AtomicBool,
+    renew_now: Notify,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+}
+
+impl LeaseKeeper {
+    pub(crate) fn new(
+        redis: Arc<Redis>,
+        terms: LeaseTerms,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let leases = Leases::new(&redis, terms);
+        metrics.set_shared_mode(SharedMode::Quiet);
+        Self {
+            redis,
+            leases,
+            grant: Mutex::new(None),
+            connected: AtomicBool::new(false),
+            throttled: AtomicBool::new(false),
+            renew_now: Notify::new(),
+            metrics,
+            clock,
+        }
+    }
+
+    /// Calls per second this replica may have counted at `now`: nothing before its first grant,
+    /// and for a refresh nothing while another replica has unknown tasks waiting.
+    pub(crate) fn cap(&self, now: Instant, refresh: bool) -> u32 {
+        match &*lock(&self.grant) {
+            None => 0,
+            Some(grant) if refresh && grant.yield_refreshes && now < grant.lease_until => 0,
+            Some(grant) => grant.cap(now),
+        }
+    }
+
+    /// When the cap changes next, or the next renewal is due.
+    pub(crate) fn next_change(&self, now: Instant) -> Instant {
+        let soonest = now + RENEW_EVERY;
+        lock(&self.grant)
+            .as_ref()
+            .and_then(|grant| grant.next_change(now))
+            .map_or(soonest, |at| at.min(soonest))
+    }
+
+    /// Calls wait beyond the cap: renew now rather than at the next tick.
+    pub(crate) fn want_more(&self) {
+        self.renew_now.notify_one();
+    }
+
+    /// Tencent answered `RequestLimitExceeded`: the next renewal lowers the shared limit.
+    pub(crate) fn throttled(&self) {
+        self.throttled.store(true, Ordering::Relaxed);
+        self.renew_now.notify_one();
+    }
+
+    /// The shared limit as Redis last said it (lowered after throttling).
+    pub(crate) fn shared_limit(&self) -> Option<u32> {
+        lock(&self.grant).as_ref().map(|grant| grant.shared_limit)
+    }
+
+    /// Renews the lease until `stop` says the budget is gone; `demand` reads the replica's
+    /// demand at a given instant and `granted` is told after every renewal.
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        demand: impl Fn(Instant, &Self) -> Option<Demand>,
+        granted: impl Fn(),
+    ) {
+        let mut last = None::<Instant>;
+        loop {
+            let now = self.clock.now();
+            if let Some(at) = last {
+                let due = at + RENEW_EVERY;
+                if now < due {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(due) => {}
+                        _ = self.renew_now.notified() => {
+                            tokio::time::sleep_until(at + RENEW_SOONEST).await;
+                        }
+                    }
+                }
+            }
+            let sent = self.clock.now();
+            let Some(mut report) = demand(sent, &self) else {
+                return;
+            };
+            report.throttled = self.throttled.swap(false, Ordering::Relaxed);
+            last = Some(sent);
+            self.renew(report, sent).await;
+            granted();
+        }
+    }
+
+    async fn renew(&self, report: Demand, sent: Instant) {
+        self.metrics.lease.demand.set(i64::from(report.total));
+        match self.leases.renew(&self.redis, report, sent).await {
+            Ok(grant) => {
+                self.note_epoch(&grant);
+                self.metrics.lease.renewals_ok.inc();
+                self.metrics.lease.granted.set(i64::from(grant.rate));
+                self.metrics.lease.safe_share.set(i64::from(grant.safe));
+                self.metrics.lease.replicas.set(i64::from(grant.replicas));
+                self.metrics
+                    .budget_effective_rate
+                    .set(f64::from(grant.shared_limit));
+                *lock(&self.grant) = Some(grant);
+                self.connected.store(true, Ordering::Relaxed);
+            }
+            Err(_) => {
+                if report.throttled {
+                    // Not told to Redis yet: the next renewal tries again.
+                    self.throttled.store(true, Ordering::Relaxed);
+                }
+                self.metrics.lease.renewals_failed.inc();
+                self.connected.store(false, Ordering::Relaxed);
+            }
+        }
+        self.publish(self.clock.now());
+    }
+
+    fn note_epoch(&self, fresh: &Grant) {
+        let held = lock(&self.grant);
+        if let Some(old) = held.as_ref().filter(|old| old.epoch != fresh.epoch) {
+            log::warn!(
+                "the shared budget's lease table was lost (Redis restarted or flushed: epoch {} \
+                 -> {}); holding what this replica had until the other replicas have reported",
+                old.epoch,
+                fresh.epoch
+            );
+        }
+    }
+
+    /// Publishes the lease in force and the mode it puts the replica in.
+    pub(crate) fn publish(&self, now: Instant) {
+        let cap = self.cap(now, false);
+        self.metrics.lease.capacity.set(i64::from(cap));
+        let mode = match (self.connected.load(Ordering::Relaxed), cap) {
+            (true, _) => SharedMode::Shared,
+            (false, 0) => SharedMode::Quiet,
+            (false, _) => SharedMode::Degraded,
+        };
+        self.metrics.set_shared_mode(mode);
+        let left = lock(&self.grant).as_ref().map_or(0.0, |grant| {
+            grant
+                .lease_until
+                .saturating_duration_since(now)
+                .as_secs_f64()
+        });
+        self.metrics.lease.seconds_left.set(left);
+    }
+
+    /// The safe share this replica could still fall back to at `now`.
+    pub(crate) fn safe_at(&self, now: Instant) -> u32 {
+        lock(&self.grant)
+            .as_ref()
+            .map_or(0, |grant| grant.safe_at(now))
+    }
+
+    /// Gives the lease back on shutdown (nothing is sent after this).
+    pub(crate) async fn leave(&self, held: u32) {
+        *lock(&self.grant) = None;
+        self.leases.leave(&self.redis, held, self.clock.now()).await;
+    }
+}

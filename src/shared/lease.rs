@@ -1,0 +1,306 @@
+//! The shared budget as capacity leases (after youtube/doorman): each replica holds "up to `c`
+//! calls per second until `T`", renews it every half second with what it wants, and runs its own
+//! sliding-window limiter inside it. Redis only hands out capacity; no lookup waits on it.
+//!
+//! One hash per deployment (`<prefix>budget:leases`) holds a record per replica, on the Redis
+//! server's clock (`TIME`, as every script here). The renewal script:
+//! - divides the limit by max-min fair share of the wants, first the calls for tasks nothing is
+//!   known about, then refreshes;
+//! - grants a replica at most what no other replica may still be spending: every other record
+//!   counts as the most it may spend now (its grant, the cap it said it still applies, the slots it
+//!   said it still holds; after its lease, its safe share), so the sum of what every replica may
+//!   spend never passes the limit;
+//! - gives each grant a safe share (half of it, rounded up) that the replica may spend for
+//!   `safe_for` after its lease ends when it cannot reach Redis, and counts it until then;
+//! - counts a lease until its end plus a tail (the longest attempt, a window and the margin), so a
+//!   call sent just before the end is counted until it can no longer be in Tencent's window;
+//! - lowers the shared limit for everyone on `RequestLimitExceeded` (halved once per window, never
+//!   below a quarter, back by one call per second each second).
+//!
+//! Capacity moves between replicas as fast as they acknowledge it: each renewal says which cap
+//! the replica applies and how many slots it holds, and only from then on is the rest given to
+//! others. A record that stops renewing keeps counting until its safe share has ended.
+//!
+//! If Redis loses the hash (a restart without persistence, a flush), the script starts a new
+//! epoch and for a short hold-off grants each replica no more than it says it still holds, so
+//! that the replicas that held leases report them before new capacity is handed out.
+
+use std::time::Duration;
+
+use redis::Script;
+use tokio::time::Instant;
+
+use super::connection::{Redis, Unavailable};
+
+const RENEW: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local key, me = KEYS[1], 'r:' .. ARGV[1]
+local limit = tonumber(ARGV[2])
+local want_unknown, want = tonumber(ARGV[3]), tonumber(ARGV[4])
+local cur, cur_safe, held = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local lease_ms, safe_ms, tail_ms = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local hold_off_ms, window_ms = tonumber(ARGV[11]), tonumber(ARGV[14])
+local throttled, leaving = ARGV[12] == '1', ARGV[13] == '1'
+
+local born = tonumber(redis.call('HGET', key, 'born'))
+local epoch = redis.call('HGET', key, 'epoch')
+if not born or not epoch then
+  born = now
+  epoch = tostring(now) .. '-' .. ARGV[1]
+  redis.call('HSET', key, 'born', born, 'epoch', epoch)
+end
+
+-- The shared limit: lowered for everyone when Tencent throttles, recovering by 1/s each second.
+local cut, cut_at = tonumber(redis.call('HGET', key, 'cut')), tonumber(redis.call('HGET', key, 'cut_at'))
+local eff = limit
+if cut then eff = math.min(limit, cut + math.floor((now - cut_at) / 1000)) end
+if throttled and (not cut_at or now - cut_at >= window_ms) then
+  cut, cut_at = math.max(math.floor(eff / 2), math.floor(limit / 4), 1), now
+  redis.call('HSET', key, 'cut', cut, 'cut_at', cut_at)
+  eff = cut
+elseif cut and eff >= limit then
+  redis.call('HDEL', key, 'cut', 'cut_at')
+end
+
+-- What a record may still spend now.
+local function counted(r)
+  local c = 0
+  if now < r.t + tail_ms then c = math.max(r.g, r.ga, r.h) end
+  if now < r.se + tail_ms then c = math.max(c, r.s, r.sa) end
+  return c
+end
+
+local others, wants_unknown, wants_more = 0, {want_unknown}, {math.max(want - want_unknown, 0)}
+local starved = false
+local fields = redis.call('HGETALL', key)
+for i = 1, #fields, 2 do
+  local f = fields[i]
+  if string.sub(f, 1, 2) == 'r:' and f ~= me then
+    local r = cjson.decode(fields[i + 1])
+    if now >= math.max(r.t, r.se) + tail_ms then
+      redis.call('HDEL', key, f)
+    else
+      others = others + counted(r)
+      if now < r.t then
+        table.insert(wants_unknown, r.wu)
+        table.insert(wants_more, math.max(r.w - r.wu, 0))
+        if r.wu > r.g then starved = true end
+      end
+    end
+  end
+end
+
+if leaving then
+  local r = {wu = 0, w = 0, g = 0, ga = 0, h = held, s = 0, sa = 0, t = now, se = now}
+  redis.call('HSET', key, me, cjson.encode(r))
+  return {0, 0, 0, 0, 0, eff, epoch, #wants_unknown - 1}
+end
+
+-- Max-min fair share of `capacity` over `wants`; returns the first one's part and what is left.
+local function fill(capacity, wants)
+  local order = {}
+  for i = 1, #wants do order[i] = i end
+  table.sort(order, function(a, b)
+    if wants[a] == wants[b] then return a < b end
+    return wants[a] < wants[b]
+  end)
+  local left, mine = capacity, 0
+  for k = 1, #order do
+    local i = order[k]
+    local part = math.min(wants[i], math.floor(left / (#order - k + 1)))
+    if i == 1 then mine = part end
+    left = left - part
+  end
+  return mine, left
+end
+local first, left = fill(eff, wants_unknown)
+local second = fill(left, wants_more)
+
+local grant = math.max(0, math.min(first + second, eff - others))
+if now < born + hold_off_ms then
+  -- A new epoch: hand out nothing new until the replicas that held leases have said so.
+  grant = math.min(grant, cur)
+end
+local safe = math.ceil(grant / 2)
+local r = {wu = want_unknown, w = want, g = grant, ga = cur, h = held, s = safe, sa = cur_safe,
+           t = now + lease_ms, se = now + lease_ms + safe_ms}
+redis.call('HSET', key, me, cjson.encode(r))
+redis.call('PEXPIRE', key, 2 * (lease_ms + safe_ms + tail_ms) + 60000)
+local yield = 0
+if starved and want_unknown == 0 then yield = 1 end
+return {grant, lease_ms, safe, lease_ms + safe_ms, yield, eff, epoch, #wants_unknown}
+"#;
+
+/// How long leases last and how they are counted.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LeaseTerms {
+    /// The account's limit as configured.
+    pub limit: u32,
+    /// How long a grant lasts on Redis's clock.
+    pub lease_for: Duration,
+    /// How long the safe share may be spent after the lease, by a replica cut off from Redis.
+    pub safe_for: Duration,
+    /// How long after a lease (or safe share) ends its calls may still count at Tencent: the
+    /// longest attempt, a window and the margin.
+    pub tail: Duration,
+    /// Taken off every expiry on this replica's clock, so that clock drift cannot stretch a
+    /// lease: at least one window.
+    pub local_margin: Duration,
+    /// After Redis lost the hash: how long new capacity waits for old holders to report.
+    pub hold_off: Duration,
+    /// The budget's window (throttling lowers the shared limit at most once per window).
+    pub window: Duration,
+}
+
+/// What this replica tells Redis at a renewal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Demand {
+    /// Tasks nothing is known about waiting here.
+    pub unknown: u32,
+    /// Calls per second wanted in all (slots in use plus calls waiting), at most the limit.
+    pub total: u32,
+    /// The cap this replica applies now.
+    pub applying: u32,
+    /// The safe share this replica could still fall back to.
+    pub safe: u32,
+    /// Slots this replica's own window counts now.
+    pub held: u32,
+    /// Tencent answered `RequestLimitExceeded` since the last renewal.
+    pub throttled: bool,
+}
+
+/// A grant, on this replica's clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Grant {
+    /// Calls per second until `lease_until`.
+    pub rate: u32,
+    pub lease_until: Instant,
+    /// Calls per second from `lease_until` until `safe_until`, while Redis cannot be reached.
+    pub safe: u32,
+    pub safe_until: Instant,
+    /// Another replica has tasks nothing is known about waiting: send no refresh meanwhile.
+    pub yield_refreshes: bool,
+    /// The shared limit in force (lowered after throttling).
+    pub shared_limit: u32,
+    /// The epoch of the hash the grant came from.
+    pub epoch: String,
+    /// Replicas holding a lease, this one included.
+    pub replicas: u32,
+}
+
+impl Grant {
+    /// Calls per second this grant allows at `now` (0 once it and its safe share have ended).
+    pub(crate) fn cap(&self, now: Instant) -> u32 {
+        if now < self.lease_until {
+            self.rate
+        } else if now < self.safe_until {
+            self.safe
+        } else {
+            0
+        }
+    }
+
+    /// The safe share still ahead at `now`.
+    pub(crate) fn safe_at(&self, now: Instant) -> u32 {
+        if now < self.safe_until {
+            self.safe
+        } else {
+            0
+        }
+    }
+
+    /// When the cap changes next after `now`, if it does.
+    pub(crate) fn next_change(&self, now: Instant) -> Option<Instant> {
+        [self.lease_until, self.safe_until]
+            .into_iter()
+            .find(|at| *at > now)
+    }
+}
+
+/// The renewal script and its key.
+pub(crate) struct Leases {
+    script: Script,
+    key: String,
+    terms: LeaseTerms,
+}
+
+impl Leases {
+    pub(crate) fn new(redis: &Redis, terms: LeaseTerms) -> Self {
+        Self {
+            script: Script::new(RENEW),
+            key: redis.key(&["budget", "leases"]),
+            terms,
+        }
+    }
+
+    /// Renews this replica's lease with `demand`. `sent` is when the request left, on this
+    /// replica's clock: every expiry is counted from it, less the local margin.
+    pub(crate) async fn renew(
+        &self,
+        redis: &Redis,
+        demand: Demand,
+        sent: Instant,
+    ) -> Result<Grant, Unavailable> {
+        self.call(redis, demand, sent, false).await
+    }
+
+    /// Gives the lease back on shutdown: only the slots still held keep counting.
+    pub(crate) async fn leave(&self, redis: &Redis, held: u32, sent: Instant) {
+        let demand = Demand {
+            held,
+            ..Demand::default()
+        };
+        let _ = self.call(redis, demand, sent, true).await;
+    }
+
+    async fn call(
+        &self,
+        redis: &Redis,
+        demand: Demand,
+        sent: Instant,
+        leaving: bool,
+    ) -> Result<Grant, Unavailable> {
+        let terms = &self.terms;
+        let mut conn = redis.connection();
+        let mut invocation = self.script.key(&self.key);
+        invocation
+            .arg(redis.replica_id())
+            .arg(terms.limit)
+            .arg(demand.unknown)
+            .arg(demand.total)
+            .arg(demand.applying)
+            .arg(demand.safe)
+            .arg(demand.held)
+            .arg(millis(terms.lease_for))
+            .arg(millis(terms.safe_for))
+            .arg(millis(terms.tail))
+            .arg(millis(terms.hold_off))
+            .arg(if demand.throttled { "1" } else { "0" })
+            .arg(if leaving { "1" } else { "0" })
+            .arg(millis(terms.window));
+        type Reply = (u32, u64, u32, u64, u8, u32, String, u32);
+        let (rate, lease_ms, safe, safe_ms, yielding, shared_limit, epoch, replicas): Reply = redis
+            .run(async move { invocation.invoke_async(&mut conn).await })
+            .await?;
+        let until = |ms: u64| {
+            (sent + Duration::from_millis(ms))
+                .checked_sub(terms.local_margin)
+                .unwrap_or(sent)
+        };
+        Ok(Grant {
+            rate,
+            lease_until: until(lease_ms),
+            safe,
+            safe_until: until(safe_ms),
+            yield_refreshes: yielding == 1,
+            shared_limit,
+            epoch,
+            replicas,
+        })
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    duration.as_millis() as u64
+}
