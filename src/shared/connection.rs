@@ -85,7 +85,7 @@ impl Redis {
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
             .map_err(|e| format!("cannot set up the Redis connection: {e}"))?;
-        let redis = Arc::new(Self {
+        Ok(Arc::new(Self {
             conn,
             client,
             config,
@@ -93,8 +93,7 @@ impl Redis {
             replica_id: format!("{:016x}", fastrand::u64(..)),
             metrics,
             clock,
-        });
-        Ok(redis)
+        }))
     }
 
     pub(crate) fn replica_id(&self) -> &str {

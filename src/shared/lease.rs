@@ -304,3 +304,45 @@ impl Leases {
 fn millis(duration: Duration) -> u64 {
     duration.as_millis() as u64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(t0: Instant) -> Grant {
+        Grant {
+            rate: 8,
+            lease_until: t0 + Duration::from_secs(2),
+            safe: 4,
+            safe_until: t0 + Duration::from_secs(32),
+            yield_refreshes: false,
+            shared_limit: 20,
+            epoch: "1-a".into(),
+            replicas: 3,
+        }
+    }
+
+    #[test]
+    fn a_grant_steps_down_from_lease_to_safe_share_to_nothing() {
+        let t0 = Instant::now();
+        let grant = grant(t0);
+        assert_eq!(grant.cap(t0), 8);
+        assert_eq!(grant.cap(t0 + Duration::from_millis(1_999)), 8);
+        assert_eq!(grant.cap(t0 + Duration::from_secs(2)), 4);
+        assert_eq!(grant.safe_at(t0 + Duration::from_secs(31)), 4);
+        assert_eq!(grant.cap(t0 + Duration::from_secs(32)), 0);
+        assert_eq!(grant.safe_at(t0 + Duration::from_secs(32)), 0);
+    }
+
+    #[test]
+    fn the_next_change_is_the_next_step_down() {
+        let t0 = Instant::now();
+        let grant = grant(t0);
+        assert_eq!(grant.next_change(t0), Some(t0 + Duration::from_secs(2)));
+        assert_eq!(
+            grant.next_change(t0 + Duration::from_secs(2)),
+            Some(t0 + Duration::from_secs(32))
+        );
+        assert_eq!(grant.next_change(t0 + Duration::from_secs(40)), None);
+    }
+}

@@ -241,3 +241,57 @@ async fn a_busy_replica_beside_four_idle_ones_gets_the_budget_within_two_seconds
 async fn a_busy_replica_gets_the_budget_while_the_idle_ones_are_cut_off() {
     a_busy_replica_gets_the_budget(true).await;
 }
+
+#[actix_rt::test]
+async fn throttling_seen_by_one_replica_lowers_the_shared_limit_for_all() {
+    let Some(redis) = RedisServer::start_or_skip(
+        "throttling_seen_by_one_replica_lowers_the_shared_limit_for_all",
+    ) else {
+        return;
+    };
+    let fake = FakeUpstream::start();
+    fake.script(
+        77,
+        crate::fake_upstream::Reply::Error("RequestLimitExceeded"),
+    );
+    let prefix = prefix();
+    let (throttled, other) = (
+        replica(&fake, &redis.url(), &prefix),
+        replica(&fake, &redis.url(), &prefix),
+    );
+    until_mode(&other.base(), &["shared"]).await;
+    let rate = |text: &str| metric_value(text, "taskgate_budget_effective_rate");
+    let before = crate::helpers::until_metric(
+        &client(),
+        &other.base(),
+        "taskgate_budget_effective_rate",
+        LIMIT as f64,
+    )
+    .await;
+    assert_eq!(rate(&before), Some(LIMIT as f64));
+
+    // Tencent throttles a lookup on one replica; the other, which saw nothing, slows down too.
+    let _ = client()
+        .get(format!("{}/tasks/77", throttled.base()))
+        .send()
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut response = client()
+            .get(format!("{}/metrics", other.base()))
+            .send()
+            .await
+            .unwrap();
+        let text =
+            String::from_utf8(response.body().limit(1 << 22).await.unwrap().to_vec()).unwrap();
+        if rate(&text).is_some_and(|r| r <= (LIMIT / 2) as f64) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the other replica's limit never came down: {:?}",
+            rate(&text)
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}
