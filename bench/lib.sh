@@ -143,22 +143,27 @@ describe_host() {
 # start_fake NAME [FAKE FLAGS...]: starts bench/fake_upstream.py on a free loopback port (it
 # stops by itself after 300 s unless the flags say --max-seconds otherwise); sets FAKE_PORT.
 start_fake() {
-    local name=$1 port_file="$WORK/$1.fake-port" i
+    local name=$1 port_file="$WORK/$1.fake-port"
     shift
     python3 "$BENCH_DIR/fake_upstream.py" --port 0 --port-file "$port_file" --max-seconds 300 \
         "$@" >"$WORK/$name.fake.log" 2>&1 &
     PIDS+=("$!")
+    await_port_file "$port_file" "$WORK/$name.fake.log" "$name: the fake upstream"
+    # shellcheck disable=SC2034 # used by the including scripts
+    FAKE_PORT=$(<"$port_file")
+}
+
+# await_port_file FILE LOG WHAT: waits (5 s at most) until the process started last has written
+# FILE; dies showing LOG if it stopped or never did.
+await_port_file() {
+    local i
     for ((i = 0; i < 100; i++)); do
-        [[ -s $port_file ]] && break
+        [[ -s $1 ]] && return 0
         kill -0 "${PIDS[-1]}" 2>/dev/null || break
         sleep 0.05
     done
-    [[ -s $port_file ]] || {
-        cat "$WORK/$name.fake.log" >&2
-        die "$name: the fake upstream did not start"
-    }
-    # shellcheck disable=SC2034 # used by the including scripts
-    FAKE_PORT=$(<"$port_file")
+    cat "$2" >&2
+    die "$3 did not start"
 }
 
 # start_taskgate NAME FAKE_PORT [TASKGATE FLAGS...]: starts TASKGATE_BIN on a free loopback port

@@ -294,7 +294,7 @@ impl Budget {
         let cap = self
             .lease
             .as_ref()
-            .map(|lease| lease.cap(now, false).max(1));
+            .map(|lease| lease.expected_rate(now).max(1));
         locked.state.retry_after_secs(now, position, cap)
     }
 

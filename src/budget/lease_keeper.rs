@@ -85,6 +85,16 @@ impl LeaseKeeper {
         self.renew_now.notify_one();
     }
 
+    /// Calls per second this replica can expect to spend soon, for `Retry-After`: its lease, or
+    /// its fair share of the shared limit when that is more (a lease follows demand, so a small
+    /// one grows as calls wait).
+    pub(crate) fn expected_rate(&self, now: Instant) -> u32 {
+        let cap = self.cap(now, false);
+        lock(&self.grant).as_ref().map_or(cap, |grant| {
+            cap.max(grant.shared_limit / grant.replicas.max(1))
+        })
+    }
+
     /// The shared limit as Redis last said it (lowered after throttling).
     pub(crate) fn shared_limit(&self) -> Option<u32> {
         lock(&self.grant).as_ref().map(|grant| grant.shared_limit)

@@ -5,7 +5,8 @@
 //! One hash per deployment (`<prefix>budget:leases`) holds a record per replica, on the Redis
 //! server's clock (`TIME`, as every script here). The renewal script:
 //! - divides the limit by max-min fair share of the wants, first the calls for tasks nothing is
-//!   known about, then refreshes;
+//!   known about, then refreshes, and what nobody wants equally among the replicas that want
+//!   anything (headroom for bursts; an idle replica holds nothing);
 //! - grants a replica at most what no other replica may still be spending: every other record
 //!   counts as the most it may spend now (its grant, the cap it said it still applies, the slots it
 //!   said it still holds; after its lease, its safe share), so the sum of what every replica may
@@ -71,8 +72,9 @@ local function counted(r)
   return c
 end
 
-local others, wants_unknown, wants_more = 0, {want_unknown}, {math.max(want - want_unknown, 0)}
-local starved = false
+local others, ids = 0, {ARGV[1]}
+local wants_unknown, wants_more = {want_unknown}, {math.max(want - want_unknown, 0)}
+local unknown_elsewhere = false
 local fields = redis.call('HGETALL', key)
 for i = 1, #fields, 2 do
   local f = fields[i]
@@ -83,9 +85,10 @@ for i = 1, #fields, 2 do
     else
       others = others + counted(r)
       if now < r.t then
+        table.insert(ids, string.sub(f, 3))
         table.insert(wants_unknown, r.wu)
         table.insert(wants_more, math.max(r.w - r.wu, 0))
-        if r.wu > r.g then starved = true end
+        if r.wu > 0 then unknown_elsewhere = true end
       end
     end
   end
@@ -94,30 +97,55 @@ end
 if leaving then
   local r = {wu = 0, w = 0, g = 0, ga = 0, h = held, s = 0, sa = 0, t = now, se = now}
   redis.call('HSET', key, me, cjson.encode(r))
-  return {0, 0, 0, 0, 0, eff, epoch, #wants_unknown - 1}
+  return {0, 0, 0, 0, 0, eff, epoch, #ids - 1}
 end
 
--- Max-min fair share of `capacity` over `wants`; returns the first one's part and what is left.
+-- Splits `capacity` evenly among `members` (indexes), the remainder to the lowest ids, so that
+-- every replica computes the same split and the parts add up to the whole.
+local function even(capacity, members)
+  table.sort(members, function(a, b) return ids[a] < ids[b] end)
+  local parts, share = {}, math.floor(capacity / #members)
+  for j, i in ipairs(members) do
+    parts[i] = share
+    if j <= capacity - share * #members then parts[i] = share + 1 end
+  end
+  return parts
+end
+
+-- Max-min fair share of `capacity` over `wants`: parts by index, and what is left.
 local function fill(capacity, wants)
   local order = {}
   for i = 1, #wants do order[i] = i end
   table.sort(order, function(a, b)
-    if wants[a] == wants[b] then return a < b end
+    if wants[a] == wants[b] then return ids[a] < ids[b] end
     return wants[a] < wants[b]
   end)
-  local left, mine = capacity, 0
+  local parts, left = {}, capacity
   for k = 1, #order do
     local i = order[k]
-    local part = math.min(wants[i], math.floor(left / (#order - k + 1)))
-    if i == 1 then mine = part end
-    left = left - part
+    if wants[i] * (#order - k + 1) <= left then
+      parts[i], left = wants[i], left - wants[i]
+    else
+      -- Everyone from here wants more than an even split of what is left: split it evenly.
+      local rest = {}
+      for j = k, #order do table.insert(rest, order[j]) end
+      for j, part in pairs(even(left, rest)) do parts[j] = part end
+      return parts, 0
+    end
   end
-  return mine, left
+  return parts, left
 end
 local first, left = fill(eff, wants_unknown)
-local second = fill(left, wants_more)
+local second, spare = fill(left, wants_more)
+-- What nobody wants goes to the replicas that want anything, as headroom for their bursts; an
+-- idle replica holds nothing, so a replica that turns busy finds the capacity free.
+local extra, active = 0, {}
+for i = 1, #ids do
+  if wants_unknown[i] + wants_more[i] > 0 then table.insert(active, i) end
+end
+if want > 0 and spare > 0 then extra = even(spare, active)[1] end
 
-local grant = math.max(0, math.min(first + second, eff - others))
+local grant = math.max(0, math.min(first[1] + second[1] + extra, eff - others))
 if now < born + hold_off_ms then
   -- A new epoch: hand out nothing new until the replicas that held leases have said so.
   grant = math.min(grant, cur)
@@ -128,8 +156,8 @@ local r = {wu = want_unknown, w = want, g = grant, ga = cur, h = held, s = safe,
 redis.call('HSET', key, me, cjson.encode(r))
 redis.call('PEXPIRE', key, 2 * (lease_ms + safe_ms + tail_ms) + 60000)
 local yield = 0
-if starved and want_unknown == 0 then yield = 1 end
-return {grant, lease_ms, safe, lease_ms + safe_ms, yield, eff, epoch, #wants_unknown}
+if unknown_elsewhere and want_unknown == 0 then yield = 1 end
+return {grant, lease_ms, safe, lease_ms + safe_ms, yield, eff, epoch, #ids}
 "#;
 
 /// How long leases last and how they are counted.
