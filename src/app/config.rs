@@ -77,7 +77,7 @@ impl Config {
     }
 
     /// The terms of this replica's lease of the shared budget. A lease lasts 3 s on Redis's clock
-    /// and is renewed every 0.5 s; this replica counts it as ended one window plus the margin
+    /// and is renewed every 0.25 s; this replica counts it as ended one window plus the margin
     /// earlier on its own clock, and Redis counts it until the longest attempt, a window and the
     /// margin later (a call sent just before the end may still arrive then). The safe share
     /// covers 30 s more of Redis trouble.

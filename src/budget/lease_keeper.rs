@@ -17,9 +17,9 @@ use crate::support::{lock, Clock};
 use crate::telemetry::{Metrics, SharedMode};
 
 /// How often a lease is renewed when nothing asks for more.
-pub(crate) const RENEW_EVERY: Duration = Duration::from_millis(500);
+pub(crate) const RENEW_EVERY: Duration = Duration::from_millis(250);
 /// The shortest time between two renewals, when calls wait for more capacity.
-const RENEW_SOONEST: Duration = Duration::from_millis(100);
+const RENEW_SOONEST: Duration = Duration::from_millis(50);
 
 /// The lease in hand and what it takes to renew it.
 pub(crate) struct LeaseKeeper {

@@ -66,7 +66,7 @@ pub(crate) struct Unavailable;
 
 impl Redis {
     /// Connects lazily: a replica starts even while Redis is down (its lease keeper renews every
-    /// half second, which is also how it finds Redis again).
+    /// quarter second, which is also how it finds Redis again).
     pub(crate) fn start(
         config: SharedConfig,
         metrics: Arc<Metrics>,

@@ -1,5 +1,5 @@
 //! The shared budget as capacity leases (after youtube/doorman): each replica holds "up to `c`
-//! calls per second until `T`", renews it every half second with what it wants, and runs its own
+//! calls per second until `T`", renews it every quarter second with what it wants, and runs its own
 //! sliding-window limiter inside it. Redis only hands out capacity; no lookup waits on it.
 //!
 //! One hash per deployment (`<prefix>budget:leases`) holds a record per replica, on the Redis

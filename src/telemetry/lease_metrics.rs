@@ -68,7 +68,7 @@ impl LeaseMetrics {
             seconds_left: float_gauge(
                 r,
                 "taskgate_lease_seconds_left",
-                "Seconds until this replica's lease ends on its own clock (renewed every 0.5 s).",
+                "Seconds until this replica's lease ends on its own clock (renewed every 0.25 s).",
             ),
             renewals_ok,
             renewals_failed,
