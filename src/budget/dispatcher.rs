@@ -8,7 +8,6 @@
 //! replica holds (`lease_keeper`), so a slot never waits on a Redis round trip.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
@@ -316,7 +315,7 @@ impl Budget {
                 return Ok(self.permit());
             }
         }
-        let (id, mut grant, mut sent_away_at) = {
+        let (id, mut grant) = {
             let mut locked = self.lock();
             let mut pushed_out = None;
             if locked.queue.len() >= self.config.max_queue {
@@ -344,42 +343,27 @@ impl Budget {
                 .min(ask.deadline)
                 .checked_sub(self.config.max_queue_wait)
                 .filter(|at| *at > now);
-            // When the callers blocked on an unknown task give up (and hear `Retry-After`).
-            let mut sent_away_at = None;
             match (ask.priority, urgent_at) {
                 (Priority::Unknown, Some(at)) => {
                     locked.queue.push_patient(key, id, at, interest, waiter)
-                }
-                (Priority::Unknown, None) => {
-                    sent_away_at = Some(ask.interest.wanted_until().min(ask.deadline));
-                    locked.queue.push(key, id, ask.priority, interest, waiter);
                 }
                 _ => locked.queue.push(key, id, ask.priority, interest, waiter),
             }
             self.metrics
                 .budget_queue_depth
                 .set(locked.queue.len() as i64);
-            let retry_after_secs = self.retry_after_secs_at(&mut locked, now, position);
-            if sent_away_at.is_some() {
-                // Callers sent away come back after `Retry-After`: the call keeps its place
-                // until then (and their own wait after it), so their answer is there when they
-                // do, instead of queueing again at the back.
-                let back_at = now + Duration::from_secs(retry_after_secs);
-                ask.interest.extend(back_at + self.config.max_queue_wait);
-            }
             on_queued(Refusal {
                 reason: BudgetRejection::WaitTimeout,
-                retry_after_secs,
+                retry_after_secs: self.retry_after_secs_at(&mut locked, now, position),
             });
-            (id, rx, sent_away_at)
+            (id, rx)
         };
         self.wake.notify_one();
 
         let queued_at = now;
         loop {
             let give_up_at = ask.interest.wanted_until().min(ask.deadline);
-            let wake_at = sent_away_at.map_or(give_up_at, |at| at.min(give_up_at));
-            let outcome = tokio::time::timeout_at(wake_at, &mut grant).await;
+            let outcome = tokio::time::timeout_at(give_up_at, &mut grant).await;
             let now = self.clock.now();
             let waited = now.saturating_duration_since(queued_at);
             match outcome {
@@ -389,15 +373,6 @@ impl Budget {
                 }
                 // Passed over as unwanted, or pushed out of a full schedule.
                 Ok(Err(_)) => return Err(self.gave_up(&ask, now, false)),
-                // Its blocked callers were sent away: it waits, as a patient entry, behind the
-                // tasks whose callers are still blocked, until shortly before they come back.
-                Err(_) if sent_away_at.is_some_and(|at| now >= at) && now < give_up_at => {
-                    sent_away_at = None;
-                    let urgent_at = give_up_at
-                        .checked_sub(self.config.max_queue_wait)
-                        .unwrap_or(now);
-                    self.lock().queue.make_patient(id, urgent_at);
-                }
                 // Someone asked again meanwhile: still wanted, keep the place.
                 Err(_) if ask.interest.is_wanted(now) && now < ask.deadline => continue,
                 Err(_) => {

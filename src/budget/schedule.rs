@@ -97,18 +97,6 @@ impl<T> Schedule<T> {
         self.patient_due.insert((urgent_at, id), ());
     }
 
-    /// An unknown task whose callers were sent away with a `Retry-After` keeps its place, but as
-    /// a patient entry until `urgent_at`: a task whose caller is still blocked goes first.
-    /// Returns whether it was an urgent entry.
-    pub(super) fn make_patient(&mut self, id: u64, urgent_at: Instant) -> bool {
-        let Some((key, entry)) = self.unknown.take(id) else {
-            return false;
-        };
-        self.patient.push(key, id, entry);
-        self.patient_due.insert((urgent_at, id), ());
-        true
-    }
-
     /// Patient entries whose time has come join the urgent ones (at the back of their caller's
     /// queue).
     fn promote_due(&mut self, now: Instant) {
@@ -230,46 +218,6 @@ mod tests {
                 Next::Unwanted(item, _) => format!("({item})"),
             })
             .collect()
-    }
-
-    #[test]
-    fn a_task_whose_callers_were_sent_away_keeps_its_place_behind_blocked_callers() {
-        let t0 = Instant::now();
-        let wanted = wanted_until(t0 + Duration::from_secs(60));
-        let mut schedule = Schedule::default();
-        schedule.push(
-            key("a"),
-            1,
-            Priority::Unknown,
-            Arc::clone(&wanted),
-            "sent away",
-        );
-        schedule.push(
-            key("a"),
-            2,
-            Priority::Unknown,
-            Arc::clone(&wanted),
-            "second",
-        );
-        let refresh = Priority::Refresh { fetched_at: t0 };
-        schedule.push(key("a"), 3, refresh, Arc::clone(&wanted), "refresh");
-        assert!(schedule.make_patient(1, t0 + Duration::from_secs(10)));
-        assert!(
-            !schedule.make_patient(3, t0),
-            "only unknown tasks are made patient"
-        );
-        schedule.push(
-            key("b"),
-            4,
-            Priority::Unknown,
-            Arc::clone(&wanted),
-            "blocked",
-        );
-        // Behind the tasks whose callers are still blocked, still before every refresh.
-        assert_eq!(
-            drain(&mut schedule, t0),
-            ["second", "blocked", "sent away", "refresh"]
-        );
     }
 
     #[test]
