@@ -61,6 +61,7 @@ from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from drive import loopback, read_response, request  # noqa: E402 - next to us
+from fake_upstream import max_in_window  # noqa: E402 - next to us
 from overload import Conn, retry_after  # noqa: E402 - next to us
 
 FLOW_BLOCK = 1_000_000  # replica r asks flow ids (r + 1) * FLOW_BLOCK + 1, + 2, ...
@@ -397,16 +398,6 @@ async def run(opts) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # Measures
-
-
-def max_in_window(times: list[float]) -> int:
-    """Largest number of arrivals in any half-open window [t, t + 1 s)."""
-    best, start = 0, 0
-    for end, t in enumerate(times):
-        while t - times[start] >= 1.0:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 def replica_of(flow_id: str) -> int | None:
