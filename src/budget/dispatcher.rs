@@ -456,8 +456,13 @@ impl Budget {
     /// On shutdown, after the drain: gives the lease back so the others may use it.
     pub(crate) async fn leave(&self) {
         if let Some(lease) = &self.lease {
-            let held = self.lock().state.used(self.clock.now()) as u32;
-            lease.leave(held).await;
+            let now = self.clock.now();
+            let (held, until) = {
+                let mut locked = self.lock();
+                (locked.state.used(now) as u32, locked.state.held_until(now))
+            };
+            let held_for = until.map(|at| at.saturating_duration_since(now));
+            lease.leave(held, held_for).await;
         }
     }
 }

@@ -28,6 +28,10 @@ pub(crate) struct LeaseKeeper {
     grant: Mutex<Option<Grant>>,
     /// The last renewal answered.
     connected: AtomicBool,
+    /// The lease was given back on shutdown: no more renewals.
+    left: AtomicBool,
+    /// Held for each renewal, so that giving the lease back waits for one under way.
+    renewing: tokio::sync::Mutex<()>,
     throttled: AtomicBool,
     renew_now: Notify,
     metrics: Arc<Metrics>,
@@ -48,6 +52,8 @@ impl LeaseKeeper {
             leases,
             grant: Mutex::new(None),
             connected: AtomicBool::new(false),
+            left: AtomicBool::new(false),
+            renewing: tokio::sync::Mutex::new(()),
             throttled: AtomicBool::new(false),
             renew_now: Notify::new(),
             metrics,
@@ -100,8 +106,9 @@ impl LeaseKeeper {
         lock(&self.grant).as_ref().map(|grant| grant.shared_limit)
     }
 
-    /// Renews the lease until `stop` says the budget is gone; `demand` reads the replica's
-    /// demand at a given instant and `granted` is told after every renewal.
+    /// Renews the lease until the budget is gone (`demand` answers `None`) or the lease was
+    /// given back; `demand` reads the replica's demand at a given instant and `granted` is told
+    /// after every renewal.
     pub(crate) async fn run(
         self: Arc<Self>,
         demand: impl Fn(Instant, &Self) -> Option<Demand>,
@@ -121,13 +128,18 @@ impl LeaseKeeper {
                     }
                 }
             }
+            let renewing = self.renewing.lock().await;
             let sent = self.clock.now();
+            if self.left.load(Ordering::Relaxed) {
+                return;
+            }
             let Some(mut report) = demand(sent, &self) else {
                 return;
             };
             report.throttled = self.throttled.swap(false, Ordering::Relaxed);
             last = Some(sent);
             self.renew(report, sent).await;
+            drop(renewing);
             granted();
         }
     }
@@ -198,8 +210,13 @@ impl LeaseKeeper {
     }
 
     /// Gives the lease back on shutdown (nothing is sent after this).
-    pub(crate) async fn leave(&self, held: u32) {
+    /// `held` slots still count for `held_for` (unknown while a call is in flight).
+    pub(crate) async fn leave(&self, held: u32, held_for: Option<Duration>) {
+        let _renewing = self.renewing.lock().await;
+        self.left.store(true, Ordering::Relaxed);
         *lock(&self.grant) = None;
-        self.leases.leave(&self.redis, held, self.clock.now()).await;
+        self.leases
+            .leave(&self.redis, held, held_for, self.clock.now())
+            .await;
     }
 }

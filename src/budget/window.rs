@@ -74,6 +74,16 @@ impl BudgetState {
         self.in_flight + self.cooling.iter().filter(|until| **until > now).count()
     }
 
+    /// When the slots counted now have all stopped counting: the last cooling end, or `None`
+    /// while a call is still in flight (its answer, and so its end, is not known yet).
+    pub(super) fn held_until(&mut self, now: Instant) -> Option<Instant> {
+        self.purge(now);
+        if self.in_flight > 0 {
+            return None;
+        }
+        Some(self.cooling.back().copied().unwrap_or(now))
+    }
+
     /// The limit in force: configured, or reduced after throttling and recovering.
     pub(super) fn effective_limit(&self, now: Instant) -> u32 {
         match self.reduced {

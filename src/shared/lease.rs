@@ -95,7 +95,9 @@ for i = 1, #fields, 2 do
 end
 
 if leaving then
-  local r = {wu = 0, w = 0, g = 0, ga = 0, h = held, s = 0, sa = 0, t = now, se = now}
+  -- Only the slots it still holds count, until they stop (ARGV[15]: how long, from now).
+  local ends = now + tonumber(ARGV[15]) - tail_ms
+  local r = {wu = 0, w = 0, g = 0, ga = 0, h = held, s = 0, sa = 0, t = ends, se = ends}
   redis.call('HSET', key, me, cjson.encode(r))
   return {0, 0, 0, 0, 0, eff, epoch, #ids - 1}
 end
@@ -270,16 +272,24 @@ impl Leases {
         demand: Demand,
         sent: Instant,
     ) -> Result<Grant, Unavailable> {
-        self.call(redis, demand, sent, false).await
+        self.call(redis, demand, sent, None).await
     }
 
-    /// Gives the lease back on shutdown: only the slots still held keep counting.
-    pub(crate) async fn leave(&self, redis: &Redis, held: u32, sent: Instant) {
+    /// Gives the lease back on shutdown: only the `held` slots keep counting, for `held_for`
+    /// (the tail when unknown: a call may still be in flight).
+    pub(crate) async fn leave(
+        &self,
+        redis: &Redis,
+        held: u32,
+        held_for: Option<Duration>,
+        sent: Instant,
+    ) {
         let demand = Demand {
             held,
             ..Demand::default()
         };
-        let _ = self.call(redis, demand, sent, true).await;
+        let held_for = held_for.unwrap_or(self.terms.tail);
+        let _ = self.call(redis, demand, sent, Some(held_for)).await;
     }
 
     async fn call(
@@ -287,7 +297,7 @@ impl Leases {
         redis: &Redis,
         demand: Demand,
         sent: Instant,
-        leaving: bool,
+        leaving: Option<Duration>,
     ) -> Result<Grant, Unavailable> {
         let terms = &self.terms;
         let mut conn = redis.connection();
@@ -305,8 +315,9 @@ impl Leases {
             .arg(millis(terms.tail))
             .arg(millis(terms.hold_off))
             .arg(if demand.throttled { "1" } else { "0" })
-            .arg(if leaving { "1" } else { "0" })
-            .arg(millis(terms.window));
+            .arg(if leaving.is_some() { "1" } else { "0" })
+            .arg(millis(terms.window))
+            .arg(leaving.map_or(0, millis));
         type Reply = (u32, u64, u32, u64, u8, u32, String, u32);
         let (rate, lease_ms, safe, safe_ms, yielding, shared_limit, epoch, replicas): Reply = redis
             .run(async move { invocation.invoke_async(&mut conn).await })

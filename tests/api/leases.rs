@@ -295,3 +295,47 @@ async fn throttling_seen_by_one_replica_lowers_the_shared_limit_for_all() {
         actix_rt::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[actix_rt::test]
+async fn a_replica_that_stops_gives_its_lease_back() {
+    let Some(redis) = RedisServer::start_or_skip("a_replica_that_stops_gives_its_lease_back")
+    else {
+        return;
+    };
+    let fake = FakeUpstream::start();
+    let prefix = prefix();
+    let args = ["--access-log", "false", "--drain-delay", "0s"];
+    let staying = spawn_replica(&fake, &redis.url(), &prefix, &args);
+    let leaving = spawn_replica(&fake, &redis.url(), &prefix, &args);
+    let end = Instant::now() + Duration::from_secs(12);
+    saturate(0, staying.base(), 30, end);
+    saturate(1, leaving.base(), 30, end);
+    // Both busy: the budget is split between them.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while granted(&staying.base()).await.is_none_or(|g| g > 12.0) {
+        assert!(Instant::now() < deadline, "the budget was never split");
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // SIGTERM: the leaving replica drains, then gives its lease back; without that, Redis would
+    // count its grant and safe share for half a minute more.
+    crate::helpers::sigterm(&leaving);
+    assert_eq!(crate::helpers::exit_code(leaving).await, Some(0));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while granted(&staying.base())
+        .await
+        .is_none_or(|g| g < LIMIT as f64)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the lease given back did not reach the other replica"
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn granted(base: &str) -> Option<f64> {
+    let mut response = client().get(format!("{base}/metrics")).send().await.ok()?;
+    let text = String::from_utf8(response.body().limit(1 << 22).await.ok()?.to_vec()).ok()?;
+    metric_value(&text, "taskgate_lease_granted")
+}
