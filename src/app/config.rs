@@ -82,13 +82,13 @@ impl Config {
     /// margin later (a call sent just before the end may still arrive then). The safe share
     /// covers 30 s more of Redis trouble.
     pub(crate) fn lease_terms(&self) -> LeaseTerms {
-        let window = self.budget.cooling();
+        let window_and_margin = self.budget.cooling();
         LeaseTerms {
             limit: self.budget.rate_limit,
             lease_for: Duration::from_secs(3),
             safe_for: Duration::from_secs(30),
-            tail: self.upstream.upstream_timeout + window,
-            local_margin: window,
+            tail: self.upstream.upstream_timeout + window_and_margin,
+            local_margin: window_and_margin,
             hold_off: RENEW_EVERY + self.shared.redis_timeout + Duration::from_millis(250),
             window: RATE_WINDOW,
         }

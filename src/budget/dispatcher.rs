@@ -271,9 +271,6 @@ impl Budget {
         self.metrics
             .budget_effective_rate
             .set(f64::from(self.effective_limit(locked, now)));
-        if let Some(lease) = &self.lease {
-            lease.publish(now);
-        }
     }
 
     /// The limit in force: the local one (lowered after throttling), and in shared mode the

@@ -153,9 +153,6 @@ impl LeaseKeeper {
                 self.metrics.lease.granted.set(i64::from(grant.rate));
                 self.metrics.lease.safe_share.set(i64::from(grant.safe));
                 self.metrics.lease.replicas.set(i64::from(grant.replicas));
-                self.metrics
-                    .budget_effective_rate
-                    .set(f64::from(grant.shared_limit));
                 *lock(&self.grant) = Some(grant);
                 self.connected.store(true, Ordering::Relaxed);
             }
@@ -183,8 +180,9 @@ impl LeaseKeeper {
         }
     }
 
-    /// Publishes the lease in force and the mode it puts the replica in.
-    pub(crate) fn publish(&self, now: Instant) {
+    /// Publishes the lease in force and the mode it puts the replica in, after every renewal
+    /// (whether it answered or not), so at least every `RENEW_EVERY` while the budget exists.
+    fn publish(&self, now: Instant) {
         let cap = self.cap(now, false);
         self.metrics.lease.capacity.set(i64::from(cap));
         let mode = match (self.connected.load(Ordering::Relaxed), cap) {
@@ -209,8 +207,8 @@ impl LeaseKeeper {
             .map_or(0, |grant| grant.safe_at(now))
     }
 
-    /// Gives the lease back on shutdown (nothing is sent after this).
-    /// `held` slots still count for `held_for` (unknown while a call is in flight).
+    /// Gives the lease back on shutdown (nothing is sent after this): only the `held` slots still
+    /// count, for `held_for` (unknown while a call is in flight).
     pub(crate) async fn leave(&self, held: u32, held_for: Option<Duration>) {
         let _renewing = self.renewing.lock().await;
         self.left.store(true, Ordering::Relaxed);

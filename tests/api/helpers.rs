@@ -133,21 +133,36 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
 /// How a test awaits a state inside the gateway (requests held, a queue filled) instead of
 /// sleeping for a time that a loaded machine may not honour. Panics after 30 s with the last text.
 pub async fn until_metric(client: &awc::Client, base: &str, series: &str, at_least: f64) -> String {
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+    until_metrics(client, base, Duration::from_secs(30), series, |text| {
+        metric_value(text, series).is_some_and(|v| v >= at_least)
+    })
+    .await
+}
+
+/// Reads `{base}/metrics` until `reached` holds for the text, and returns that text. Panics after
+/// `within`, saying what was awaited (`what`) and the last text.
+pub async fn until_metrics(
+    client: &awc::Client,
+    base: &str,
+    within: Duration,
+    what: &str,
+    reached: impl Fn(&str) -> bool,
+) -> String {
+    let give_up = tokio::time::Instant::now() + within;
     loop {
         let mut response = client
             .get(format!("{base}/metrics"))
             .send()
             .await
             .expect("metrics answer");
-        let body = response.body().limit(1 << 20).await.expect("metrics body");
+        let body = response.body().limit(1 << 22).await.expect("metrics body");
         let text = String::from_utf8(body.to_vec()).expect("metrics are UTF-8");
-        if metric_value(&text, series).is_some_and(|v| v >= at_least) {
+        if reached(&text) {
             return text;
         }
         assert!(
             tokio::time::Instant::now() < give_up,
-            "{series} never reached {at_least}:\n{text}"
+            "{base}: {what} not reached within {within:?}:\n{text}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

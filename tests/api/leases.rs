@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::fake_upstream::FakeUpstream;
-use crate::helpers::{client, metric_value, spawn_replica, Process};
+use crate::helpers::{client, metric_value, spawn_replica, until_metrics, Process};
 use crate::redis_server::RedisServer;
 use crate::relay::Relay;
 
@@ -61,31 +61,20 @@ fn calls_of(fake: &FakeUpstream, replica: usize, from: Instant, to: Instant) -> 
         .count()
 }
 
-async fn mode(base: &str) -> Option<String> {
-    let mut response = client().get(format!("{base}/metrics")).send().await.ok()?;
-    let text = String::from_utf8(response.body().limit(1 << 22).await.ok()?.to_vec()).ok()?;
-    ["shared", "degraded", "quiet"]
-        .into_iter()
-        .find(|mode| {
-            metric_value(&text, &format!("taskgate_shared_mode{{mode=\"{mode}\"}}")) == Some(1.0)
-        })
-        .map(str::to_owned)
+/// The replica's shared mode in a metrics text.
+fn mode(text: &str) -> Option<&'static str> {
+    ["shared", "degraded", "quiet"].into_iter().find(|mode| {
+        metric_value(text, &format!("taskgate_shared_mode{{mode=\"{mode}\"}}")) == Some(1.0)
+    })
 }
 
 /// Waits (at most 15 s) until the replica's shared mode is one of `modes`.
-async fn until_mode(base: &str, modes: &[&str]) -> String {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let now = mode(base).await;
-        if let Some(mode) = now.as_deref().filter(|m| modes.contains(m)) {
-            return mode.to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{base} never reached {modes:?} (is {now:?})"
-        );
-        actix_rt::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn until_mode(base: &str, modes: &[&str]) {
+    let what = format!("shared mode in {modes:?}");
+    until_metrics(&client(), base, Duration::from_secs(15), &what, |text| {
+        mode(text).is_some_and(|mode| modes.contains(&mode))
+    })
+    .await;
 }
 
 fn prefix() -> String {
@@ -261,39 +250,30 @@ async fn throttling_seen_by_one_replica_lowers_the_shared_limit_for_all() {
     );
     until_mode(&other.base(), &["shared"]).await;
     let rate = |text: &str| metric_value(text, "taskgate_budget_effective_rate");
-    let before = crate::helpers::until_metric(
+    let what = "the full limit before any throttling";
+    until_metrics(
         &client(),
         &other.base(),
-        "taskgate_budget_effective_rate",
-        LIMIT as f64,
+        Duration::from_secs(5),
+        what,
+        |text| rate(text) == Some(LIMIT as f64),
     )
     .await;
-    assert_eq!(rate(&before), Some(LIMIT as f64));
 
     // Tencent throttles a lookup on one replica; the other, which saw nothing, slows down too.
     let _ = client()
         .get(format!("{}/tasks/77", throttled.base()))
         .send()
         .await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let mut response = client()
-            .get(format!("{}/metrics", other.base()))
-            .send()
-            .await
-            .unwrap();
-        let text =
-            String::from_utf8(response.body().limit(1 << 22).await.unwrap().to_vec()).unwrap();
-        if rate(&text).is_some_and(|r| r <= (LIMIT / 2) as f64) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the other replica's limit never came down: {:?}",
-            rate(&text)
-        );
-        actix_rt::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = "the other replica's limit halved";
+    until_metrics(
+        &client(),
+        &other.base(),
+        Duration::from_secs(5),
+        what,
+        |text| rate(text).is_some_and(|r| r <= (LIMIT / 2) as f64),
+    )
+    .await;
 }
 
 #[actix_rt::test]
@@ -311,31 +291,21 @@ async fn a_replica_that_stops_gives_its_lease_back() {
     saturate(0, staying.base(), 30, end);
     saturate(1, leaving.base(), 30, end);
     // Both busy: the budget is split between them.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while granted(&staying.base()).await.is_none_or(|g| g > 12.0) {
-        assert!(Instant::now() < deadline, "the budget was never split");
-        actix_rt::time::sleep(Duration::from_millis(50)).await;
-    }
+    let granted = |text: &str| metric_value(text, "taskgate_lease_granted");
+    let base = staying.base();
+    let what = "the budget split";
+    until_metrics(&client(), &base, Duration::from_secs(5), what, |text| {
+        granted(text).is_some_and(|g| g <= 12.0)
+    })
+    .await;
 
     // SIGTERM: the leaving replica drains, then gives its lease back; without that, Redis would
     // count its grant and safe share for half a minute more.
     crate::helpers::sigterm(&leaving);
     assert_eq!(crate::helpers::exit_code(leaving).await, Some(0));
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while granted(&staying.base())
-        .await
-        .is_none_or(|g| g < LIMIT as f64)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the lease given back did not reach the other replica"
-        );
-        actix_rt::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn granted(base: &str) -> Option<f64> {
-    let mut response = client().get(format!("{base}/metrics")).send().await.ok()?;
-    let text = String::from_utf8(response.body().limit(1 << 22).await.ok()?.to_vec()).ok()?;
-    metric_value(&text, "taskgate_lease_granted")
+    let what = "the lease given back reaching the other replica";
+    until_metrics(&client(), &base, Duration::from_secs(3), what, |text| {
+        granted(text).is_some_and(|g| g >= LIMIT as f64)
+    })
+    .await;
 }
