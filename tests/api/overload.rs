@@ -109,8 +109,12 @@ async fn a_new_task_goes_before_every_refresh() {
         .iter()
         .position(|c| c.flow_id == Some(79_999))
         .expect("the new task was fetched");
+    // The window grants in bursts (five slots free together one window after five were sent
+    // together), so a burst granted while this request was on its way may arrive first: at most
+    // one window's worth. Behind the queued refreshes (ten or more) it would come after them all.
+    let rate: usize = RATE.parse().unwrap();
     assert!(
-        own - calls_before <= 2,
+        own - calls_before <= rate,
         "at most the calls already granted arrived first, not the queued refreshes ({} did)",
         own - calls_before
     );
