@@ -86,6 +86,15 @@ async fn a_known_task_is_answered_at_once_with_its_true_age_never_refused() {
 #[actix_rt::test]
 async fn a_new_task_goes_before_every_refresh() {
     let app = overloaded(&[]).await;
+    let first_calls = app.fake.call_count();
+    // Refreshes take 3 s to answer, so once a window's worth is under way no slot frees for
+    // 3 s plus the window: the new task is surely queued behind (or before) the rest by then.
+    for id in TASKS {
+        app.fake.rescript(
+            id,
+            Reply::Delay(Duration::from_secs(3), Box::new(Reply::Task(0))),
+        );
+    }
     // Keep refreshes queued: every task is asked again and again, far beyond the budget.
     let pollers = TASKS.map(|id| {
         let (client, base) = (app.client.clone(), app.base.clone());
@@ -98,8 +107,18 @@ async fn a_new_task_goes_before_every_refresh() {
     });
     let _pollers: Vec<_> = pollers.collect();
     app.until_metric("taskgate_budget_queue_depth", 10.0).await;
-
+    let rate: usize = RATE.parse().unwrap();
+    let give_up = Instant::now() + Duration::from_secs(30);
+    while app.fake.call_count() < first_calls + rate {
+        assert!(
+            Instant::now() < give_up,
+            "a window's worth of refreshes went out"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let calls_before = app.fake.call_count();
+    assert_eq!(calls_before, first_calls + rate, "the window holds no more");
+
     let answer = app.task(79_999).await;
 
     assert_eq!(answer.status, 200);
@@ -109,14 +128,10 @@ async fn a_new_task_goes_before_every_refresh() {
         .iter()
         .position(|c| c.flow_id == Some(79_999))
         .expect("the new task was fetched");
-    // The window grants in bursts (five slots free together one window after five were sent
-    // together), so a burst granted while this request was on its way may arrive first: at most
-    // one window's worth. Behind the queued refreshes (ten or more) it would come after them all.
-    let rate: usize = RATE.parse().unwrap();
-    assert!(
-        own - calls_before <= rate,
-        "at most the calls already granted arrived first, not the queued refreshes ({} did)",
-        own - calls_before
+    assert_eq!(
+        own - calls_before,
+        0,
+        "the first slot to free went to the new task, not to one of the queued refreshes"
     );
     let metrics = app.metrics().await;
     assert!(
