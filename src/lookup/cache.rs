@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use super::blocks::{allocated, block_of, Block};
 use super::compact::{DescriptionText, Descriptions, Epoch, RequestIdText, Slot};
+use super::hot::{HotFinals, HotHit};
 use crate::answer::{json_string, Answer, AnswerKind, FinalFacts};
 use crate::support::Clock;
 use crate::task::FlowId;
@@ -169,6 +170,8 @@ pub struct AnswerCache {
     clock: Arc<dyn Clock>,
     epoch: Epoch,
     descriptions: Arc<Descriptions>,
+    /// The final answers hit last, kept rendered.
+    hot: Arc<HotFinals>,
     /// Answers held (a block counts its answers), kept by inserts and the eviction listener.
     answers: Arc<AtomicI64>,
 }
@@ -201,6 +204,7 @@ impl AnswerCache {
             clock,
             epoch,
             descriptions: Arc::new(Descriptions::default()),
+            hot: Arc::new(HotFinals::default()),
             answers,
         }
     }
@@ -211,13 +215,21 @@ impl AnswerCache {
 
     /// A fresh answer, or a stale one kept for stale-if-error, or nothing.
     pub async fn lookup(&self, flow_id: FlowId, now: Instant) -> CacheLookup {
-        let (block, index) = block_of(flow_id);
-        if let Some(Entry::Finals(block)) = self.entries.get(&block).await {
+        let (block_key, index) = block_of(flow_id);
+        if let HotHit::Fresh { answer, touch } = self.hot.get(flow_id, now) {
+            if touch {
+                self.entries.get(&block_key).await;
+            }
+            return CacheLookup::Fresh(answer);
+        }
+        if let Some(Entry::Finals(block)) = self.entries.get(&block_key).await {
             if let Some(answer) = block
                 .get(index)
                 .and_then(|slot| self.final_answer(flow_id, &block, slot, now))
             {
-                return CacheLookup::Fresh(Arc::new(answer));
+                let answer = Arc::new(answer);
+                self.hot.keep(flow_id, &answer);
+                return CacheLookup::Fresh(answer);
             }
         }
         match self.entries.get(&single_key(flow_id)).await {

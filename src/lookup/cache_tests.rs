@@ -218,6 +218,30 @@ async fn the_byte_bound_evicts_and_the_answer_count_levels_off() {
     }
 }
 
+#[tokio::test]
+async fn a_busy_answer_served_rendered_stays_in_moka_while_others_are_evicted() {
+    const CAPACITY: u64 = 256 * 1024;
+    let (cache, clock) = cache(CAPACITY);
+    // Far from the spread fill's ids and from their slots in the hot table.
+    let busy = 5;
+    let t = task(busy, TaskStatus::Succeeded, "task succeeded", &uuid(5));
+    cache.insert(t.flow_id, answer_of(&t, clock.now())).await;
+    let (busy_block, _) = super::block_of(t.flow_id);
+    for round in 0..8 {
+        // Busy: its hits are served from the hot table, and some of them read moka.
+        for _ in 0..200 {
+            assert!(fresh(&cache, busy, clock.now()).await.is_some());
+        }
+        // Each round alone fills half the bound with answers nobody asks again.
+        fill(&cache, &clock, 100 + round * 300, 300, true).await;
+    }
+    assert!(cache.moka_entry_count() < 8 * 300, "others were evicted");
+    assert!(
+        cache.entries.contains_key(&busy_block),
+        "the busy answer was kept"
+    );
+}
+
 proptest::proptest! {
     #[test]
     fn plain_request_ids_are_written_as_serde_writes_them(text in proptest::prelude::any::<String>()) {

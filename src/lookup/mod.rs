@@ -3,7 +3,8 @@
 //!
 //! - `pipeline`: cache -> coalesce -> fetch, and back: store by status, wake followers and polls
 //! - `cache`: answers kept by task status (moka), bounded in bytes; `compact` and `blocks`: the
-//!   compact form of final answers and the blocks of neighbouring flow ids that hold them
+//!   compact form of final answers and the blocks of neighbouring flow ids that hold them;
+//!   `hot`: the final answers hit last, kept rendered
 //! - `coalesce`: one fetch per flow id at a time, shared by every concurrent lookup of it
 //! - `replicas`: in shared mode, the shared cache and the replica already fetching come first
 //! - `attempts`: breaker, budget slot, signed call, retries with back-off
@@ -17,6 +18,7 @@ mod cache;
 mod coalesce;
 mod compact;
 mod context;
+mod hot;
 mod pipeline;
 mod replicas;
 mod waits;
