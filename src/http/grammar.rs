@@ -3,9 +3,14 @@
 
 use std::time::Duration;
 
+use actix_web::http::header::HeaderName;
 use actix_web::HttpRequest;
 
 use crate::error::ApiError;
+
+/// Header names as constants: a `&str` name is parsed again on every lookup.
+const X_REQUEST_TIMEOUT: HeaderName = HeaderName::from_static("x-request-timeout");
+const PREFER: HeaderName = HeaderName::from_static("prefer");
 
 /// The deadline a caller asks for with `X-Request-Timeout` (`2s`, `500ms` or plain seconds),
 /// which may only shorten the configured one.
@@ -13,7 +18,7 @@ pub(super) fn caller_timeout(
     req: &HttpRequest,
     configured: Duration,
 ) -> Result<Duration, ApiError> {
-    let Some(value) = req.headers().get("x-request-timeout") else {
+    let Some(value) = req.headers().get(X_REQUEST_TIMEOUT) else {
         return Ok(configured);
     };
     let asked = value
@@ -81,7 +86,7 @@ pub(super) fn requested_wait(
     }
     let preferences = req
         .headers()
-        .get_all("prefer")
+        .get_all(PREFER)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split([',', ';']))
         .map(str::trim);

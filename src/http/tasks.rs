@@ -129,7 +129,13 @@ fn render(state: &AppState, found: Lookup, now: Instant) -> HttpResponse {
     if found.served == Served::Stale {
         response.insert_header((header::WARNING, "111 - \"Revalidation Failed\""));
     }
-    if let Some(id) = &answer.upstream_request_id {
+    // For the access line and the request's span only: a response's extensions cost a hit an
+    // allocation, so they are left empty when neither is written.
+    if let Some(id) = answer
+        .upstream_request_id
+        .as_ref()
+        .filter(|_| state.access_log || state.traces.is_on())
+    {
         response
             .extensions_mut()
             .insert(UpstreamRequestId(Arc::clone(id)));
