@@ -228,7 +228,7 @@ impl AnswerCache {
                 .and_then(|slot| self.final_answer(flow_id, &block, slot, now))
             {
                 let answer = Arc::new(answer);
-                self.hot.keep(flow_id, &answer);
+                self.hot.hit_in_cache(flow_id, &answer);
                 return CacheLookup::Fresh(answer);
             }
         }

@@ -4,16 +4,18 @@
 //! Final answers are kept compact and rendered again on every hit (`compact`, `blocks`): the
 //! right trade for the million answers nobody asks twice, not for the few asked thousands of
 //! times a second. Those are kept here, rendered: a direct-mapped table of `HOT_SLOTS` slots
-//! (a flow id has one slot; a newcomer takes it over), read without a lock (`arc-swap`) by
-//! every worker. A final answer never changes, so a copy here is as true as the compact one
-//! until its time to live ends, which a hit checks as the cache does.
+//! (a flow id has one slot), read without a lock (`arc-swap`) by every worker. An answer takes
+//! its slot over on its second hit in a row there (the slot remembers the last id hit), so hits
+//! spread over many answers, each asked once in a while, do not churn the table. A final answer
+//! never changes, so a copy here is as true as the compact one until its time to live ends,
+//! which a hit checks as the cache does.
 //!
 //! Its memory is fixed, not part of the byte bound: at most `HOT_SLOTS` rendered answers
 //! (about 400 bytes each, so under half a MiB), inside the bound's fixed allowance (README,
 //! "Sizing"). Hits served here do not reach moka, which evicts least recently used first: every
 //! `TOUCH_EVERY`th hit of a slot is also read from moka, so a busy answer never looks idle there.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
@@ -43,15 +45,22 @@ pub(super) enum HotHit {
     Cold,
 }
 
+/// One slot: the answer kept, and the flow id of the last hit that found it elsewhere.
+#[derive(Default)]
+struct Slot {
+    hot: ArcSwapOption<Hot>,
+    candidate: AtomicI64,
+}
+
 /// The table of hot final answers, shared by every worker.
 pub(super) struct HotFinals {
-    slots: Box<[ArcSwapOption<Hot>]>,
+    slots: Box<[Slot]>,
 }
 
 impl Default for HotFinals {
     fn default() -> Self {
         Self {
-            slots: (0..HOT_SLOTS).map(|_| ArcSwapOption::empty()).collect(),
+            slots: (0..HOT_SLOTS).map(|_| Slot::default()).collect(),
         }
     }
 }
@@ -59,13 +68,13 @@ impl Default for HotFinals {
 impl HotFinals {
     /// The slot of a flow id: its low bits, so `HOT_SLOTS` neighbouring ids (SSM numbers its
     /// flows in sequence) never share one.
-    fn slot(&self, flow_id: FlowId) -> &ArcSwapOption<Hot> {
+    fn slot(&self, flow_id: FlowId) -> &Slot {
         &self.slots[(flow_id.get() as u64 as usize) & (HOT_SLOTS - 1)]
     }
 
     /// The answer kept for `flow_id`, if it is still fresh at `now`.
     pub(super) fn get(&self, flow_id: FlowId, now: Instant) -> HotHit {
-        let guard = self.slot(flow_id).load();
+        let guard = self.slot(flow_id).hot.load();
         match guard.as_deref() {
             Some(hot) if hot.flow_id == flow_id && !hot.answer.remaining(now).is_zero() => {
                 let hits = hot.hits.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
@@ -78,9 +87,14 @@ impl HotFinals {
         }
     }
 
-    /// Keeps a final answer just hit in the cache, in place of whatever held its slot.
-    pub(super) fn keep(&self, flow_id: FlowId, answer: &Arc<Answer>) {
-        self.slot(flow_id).store(Some(Arc::new(Hot {
+    /// Told of a final answer just hit in the cache: keeps it in place of whatever held its
+    /// slot when the slot's previous hit in the cache was this flow id too.
+    pub(super) fn hit_in_cache(&self, flow_id: FlowId, answer: &Arc<Answer>) {
+        let slot = self.slot(flow_id);
+        if slot.candidate.swap(flow_id.get(), Ordering::Relaxed) != flow_id.get() {
+            return;
+        }
+        slot.hot.store(Some(Arc::new(Hot {
             flow_id,
             answer: Arc::clone(answer),
             hits: AtomicU32::new(0),
@@ -118,7 +132,12 @@ mod tests {
         let now = Instant::now();
         let answer = final_answer(id(7), now, Duration::from_secs(10));
         assert!(matches!(hot.get(id(7), now), HotHit::Cold));
-        hot.keep(id(7), &answer);
+        hot.hit_in_cache(id(7), &answer);
+        assert!(
+            matches!(hot.get(id(7), now), HotHit::Cold),
+            "one hit is not hot"
+        );
+        hot.hit_in_cache(id(7), &answer);
         match hot.get(id(7), now + Duration::from_secs(9)) {
             HotHit::Fresh { answer: found, .. } => assert!(Arc::ptr_eq(&found, &answer)),
             HotHit::Cold => panic!("kept and fresh"),
@@ -130,7 +149,7 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_holds_one_flow_id_and_a_newcomer_takes_it_over() {
+    fn a_slot_holds_one_flow_id_and_a_newcomer_hit_twice_in_a_row_takes_it_over() {
         let hot = HotFinals::default();
         let now = Instant::now();
         let first = id(1);
@@ -138,12 +157,19 @@ mod tests {
             .map(id)
             .find(|other| std::ptr::eq(hot.slot(*other), hot.slot(first)))
             .unwrap();
-        hot.keep(first, &final_answer(first, now, Duration::from_secs(10)));
+        let (first_answer, second_answer) = (
+            final_answer(first, now, Duration::from_secs(10)),
+            final_answer(second, now, Duration::from_secs(10)),
+        );
+        hot.hit_in_cache(first, &first_answer);
+        hot.hit_in_cache(first, &first_answer);
         assert!(
             matches!(hot.get(second, now), HotHit::Cold),
             "not its answer"
         );
-        hot.keep(second, &final_answer(second, now, Duration::from_secs(10)));
+        hot.hit_in_cache(second, &second_answer);
+        assert!(matches!(hot.get(first, now), HotHit::Fresh { .. }), "kept");
+        hot.hit_in_cache(second, &second_answer);
         assert!(matches!(hot.get(first, now), HotHit::Cold), "taken over");
         assert!(matches!(hot.get(second, now), HotHit::Fresh { .. }));
     }
@@ -152,7 +178,9 @@ mod tests {
     fn every_sixty_fourth_hit_is_also_read_from_moka() {
         let hot = HotFinals::default();
         let now = Instant::now();
-        hot.keep(id(9), &final_answer(id(9), now, Duration::from_secs(10)));
+        let answer = final_answer(id(9), now, Duration::from_secs(10));
+        hot.hit_in_cache(id(9), &answer);
+        hot.hit_in_cache(id(9), &answer);
         let touches: Vec<usize> = (1..=200)
             .filter(|_| matches!(hot.get(id(9), now), HotHit::Fresh { touch: true, .. }))
             .collect();
@@ -162,8 +190,7 @@ mod tests {
     #[test]
     fn neighbouring_ids_never_share_a_slot() {
         let hot = HotFinals::default();
-        let used: std::collections::HashSet<*const ArcSwapOption<Hot>> = (5_000
-            ..5_000 + HOT_SLOTS as i64)
+        let used: std::collections::HashSet<*const Slot> = (5_000..5_000 + HOT_SLOTS as i64)
             .map(|n| hot.slot(id(n)) as *const _)
             .collect();
         assert_eq!(used.len(), HOT_SLOTS);
