@@ -123,7 +123,10 @@ SWEEP_START=$(date +%s)
 for s in "${SCENARIO_LIST[@]}"; do
     IFS=/ read -r n mode replicas <<<"$s"
     name="n$n-$mode-r$replicas"
+    # Long enough to see every completion: the last task's first call (N/R + 3 s), its
+    # finish (up to 20 s later) and the completion's own limit (N/R + 2 s), with room to spare.
     bound=$((n / RATE + 40))
+    if ((2 * n / RATE + 30 > bound)); then bound=$((2 * n / RATE + 30)); fi
     started=${#PIDS[@]}
     load=$(load_note)
     log "$name: N = $n, mode $mode, $replicas replica(s), bound $bound s; $load"

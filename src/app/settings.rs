@@ -213,8 +213,8 @@ pub struct BudgetSettings {
 
     /// An upstream call counts against the window until one window after its answer arrives,
     /// so the window holds where Tencent counts calls; and at least until one window plus this
-    /// margin after it was sent.
-    #[arg(long, env = "TASKGATE_RATE_WINDOW_MARGIN", default_value = "50ms", value_parser = parse_duration)]
+    /// margin after it was sent (a guard for answers faster than the clocks' granularity).
+    #[arg(long, env = "TASKGATE_RATE_WINDOW_MARGIN", default_value = "5ms", value_parser = parse_duration)]
     pub rate_window_margin: Duration,
 
     /// Lookups that may wait for budget at once; beyond it, 503 with Retry-After at once.

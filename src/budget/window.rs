@@ -6,10 +6,11 @@
 //! when it arrives, which is somewhere between our send and our receipt of the answer; counting it
 //! until `answer + window` therefore guarantees that no window *at the upstream* sees more than N
 //! arrivals, whatever the latency. (Counting only from the send would not: a slow call can arrive
-//! late and share a window with later ones.) The margin after the send guards a fast answer
-//! against clocks that tick the window a little differently; it is not added on top of the answer
-//! time, where it would only cost budget (20 ms of latency plus 50 ms of margin would cap 20/s at
-//! 18.7).
+//! late and share a window with later ones.) The margin after the send (5 ms by default) guards
+//! an answer faster than the clocks' granularity; it is not added on top of the answer time, where
+//! it would only cost budget (20 ms of latency plus 50 ms of margin would cap 20/s at 18.7), and it
+//! is kept small: holding the slot until the answer already covers the latency, and 50 ms after
+//! every send capped a fast upstream at 95% of the budget.
 //!
 //! When Tencent throttles us anyway (other clients share the account), the effective limit is
 //! halved (at most once per window, never below a quarter of the configured limit) and then
