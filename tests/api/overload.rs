@@ -128,10 +128,15 @@ async fn a_new_task_goes_before_every_refresh() {
         .iter()
         .position(|c| c.flow_id == Some(79_999))
         .expect("the new task was fetched");
-    assert_eq!(
-        own - calls_before,
-        0,
-        "the first slot to free went to the new task, not to one of the queued refreshes"
+    // The window's slots free together (their answers came together), so the new task goes out
+    // in that first burst; which call of a burst reaches the fake first is up to the connections
+    // (a pooled one beats a new one by a fraction of a millisecond). Queued behind the refreshes
+    // (ten or more), it would come after all of them.
+    let ahead: Vec<Option<i64>> = calls[calls_before..own].iter().map(|c| c.flow_id).collect();
+    assert!(
+        ahead.len() < rate,
+        "the new task went out with the first slots to free, not after the queued refreshes: \
+         {ahead:?} came first"
     );
     let metrics = app.metrics().await;
     assert!(
