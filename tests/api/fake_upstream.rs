@@ -76,6 +76,8 @@ struct Shared {
     clock_offset: i64,
     /// TCP connections accepted, TLS handshakes that failed included.
     connections: usize,
+    /// Told the number of calls after every call, for `until_calls`.
+    arrivals: tokio::sync::watch::Sender<usize>,
 }
 
 /// A running fake; dropped with the test.
@@ -190,6 +192,20 @@ impl FakeUpstream {
         self.shared.lock().unwrap().calls.clone()
     }
 
+    /// Waits until `reached` holds for the calls so far, woken by each call as it arrives (no
+    /// polling). Panics after 30 s, saying what was awaited (`what`).
+    pub async fn until_calls(&self, what: &str, reached: impl Fn(&[Call]) -> bool) {
+        let mut arrivals = self.shared.lock().unwrap().arrivals.subscribe();
+        let give_up = Instant::now() + Duration::from_secs(30);
+        loop {
+            if reached(&self.shared.lock().unwrap().calls) {
+                return;
+            }
+            let arrived = tokio::time::timeout_at(give_up, arrivals.changed()).await;
+            assert!(matches!(arrived, Ok(Ok(()))), "{what}: not within 30 s");
+        }
+    }
+
     pub fn call_count(&self) -> usize {
         self.shared.lock().unwrap().calls.len()
     }
@@ -296,6 +312,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shared: Arc<Mut
                 body: request.body.clone(),
                 signature_error: signature_error.clone(),
             });
+            shared.arrivals.send_replace(shared.calls.len());
             (reply, now)
         };
         if !answer(&mut stream, reply, now).await {

@@ -45,9 +45,10 @@ async fn sigterm_flips_readiness_drains_finishes_in_flight_work_and_exits_0() {
             (response.status().as_u16(), response.body().await.unwrap())
         }
     });
-    while fake.calls_for(1) == 0 {
-        actix_rt::time::sleep(Duration::from_millis(5)).await;
-    }
+    fake.until_calls("the lookup's upstream call", |calls| {
+        calls.iter().any(|c| c.flow_id == Some(1))
+    })
+    .await;
     sigterm(&process);
 
     // Readiness turns 503 at once; the listener still serves during the drain delay.

@@ -238,9 +238,10 @@ async fn waiters_on_two_replicas_share_one_poller() {
         // Both replicas hold waiters and run a poller; the lease lets one of them call. Two
         // callers would put two calls in each interval, so six calls would span about three.
         let held = fake.calls_for(7);
-        while fake.calls_for(7) < held + 6 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        fake.until_calls("six more polls of task 7", |calls| {
+            calls.iter().filter(|c| c.flow_id == Some(7)).count() >= held + 6
+        })
+        .await;
         fake.script(7, Reply::Task(1));
         fake.calls()[held..held + 6]
             .iter()
