@@ -42,7 +42,8 @@ local want_unknown, want = tonumber(ARGV[3]), tonumber(ARGV[4])
 local cur, cur_safe, held = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local lease_ms, safe_ms, tail_ms = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local hold_off_ms, window_ms = tonumber(ARGV[11]), tonumber(ARGV[14])
-local throttled, leaving = ARGV[12] == '1', ARGV[13] == '1'
+-- ARGV[13]: empty while renewing; when leaving, how long its held slots still count (ms).
+local throttled, leaving_for = ARGV[12] == '1', tonumber(ARGV[13])
 
 local born = tonumber(redis.call('HGET', key, 'born'))
 local epoch = redis.call('HGET', key, 'epoch')
@@ -94,9 +95,9 @@ for i = 1, #fields, 2 do
   end
 end
 
-if leaving then
-  -- Only the slots it still holds count, until they stop (ARGV[15]: how long, from now).
-  local ends = now + tonumber(ARGV[15]) - tail_ms
+if leaving_for then
+  -- Only the slots it still holds count, until they stop.
+  local ends = now + leaving_for - tail_ms
   local r = {wu = 0, w = 0, g = 0, ga = 0, h = held, s = 0, sa = 0, t = ends, se = ends}
   redis.call('HSET', key, me, cjson.encode(r))
   return {0, 0, 0, 0, 0, eff, epoch, #ids - 1}
@@ -315,9 +316,8 @@ impl Leases {
             .arg(millis(terms.tail))
             .arg(millis(terms.hold_off))
             .arg(if demand.throttled { "1" } else { "0" })
-            .arg(if leaving.is_some() { "1" } else { "0" })
-            .arg(millis(terms.window))
-            .arg(leaving.map_or(0, millis));
+            .arg(leaving.map_or_else(String::new, |held_for| millis(held_for).to_string()))
+            .arg(millis(terms.window));
         type Reply = (u32, u64, u32, u64, u8, u32, String, u32);
         let (rate, lease_ms, safe, safe_ms, yielding, shared_limit, epoch, replicas): Reply = redis
             .run(async move { invocation.invoke_async(&mut conn).await })
