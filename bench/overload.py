@@ -270,7 +270,22 @@ async def run(opts) -> dict:
         "loop_lag_max_ms": round(1000 * max(lags, default=0.0), 1),
         "connections_failed": failed,
     }
+    if opts.dump:
+        dump(opts.dump, tasks + fresh, stats, t0[0])
     return measure(opts, tasks, fresh, stats, dict(rejections), t0[0], deadline, ended, driver)
+
+
+def dump(path: str, tasks: list[Task], stats: dict, t0: float) -> None:
+    """The run's raw record, times in seconds from t0: every call at the fake (arrival, flow id,
+    outcome) and every round trip of every client, for looking into where the time went."""
+    record = {
+        "calls": [[round(t - t0, 4), f, o] for t, f, o in stats.get("call_list", [])],
+        "tasks": [{"flow_id": t.flow_id, "new": t.new, "target": f"{t.target[0]}:{t.target[1]}",
+                   "trips": [[round(a - t0, 4), round(b - t0, 4), *rest]
+                             for a, b, *rest in t.trips]} for t in tasks],
+    }
+    with open(path, "w") as out:
+        json.dump(record, out)
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -651,6 +666,7 @@ def main() -> int:
     p.add_argument("--interval", type=float, default=1.0, help="poll interval, seconds")
     p.add_argument("--wait", default="30s", help="the ?wait= of mode wait")
     p.add_argument("--seconds", type=float, help="bound of the run (default N/R + 40)")
+    p.add_argument("--dump", help="also write the run's raw calls and round trips here (JSON)")
     p = sub.add_parser("report")
     p.add_argument("file")
     p.add_argument("--json", help="also write the runs as one JSON array here")

@@ -17,6 +17,7 @@
 #        OVERLOAD_N="20 100" OVERLOAD_MODES=poll OVERLOAD_REPLICAS=1 bench/overload.sh
 #        OVERLOAD_SCENARIOS="1000/poll/1 1000/wait/1" bench/overload.sh   (explicit N/mode/replicas)
 #        SKIP_BUILD=1 reuses target/release/taskgate of this work tree.
+#        OVERLOAD_DUMP_DIR=/tmp/dumps also writes each scenario's raw calls and round trips there.
 # Writes bench/results/overload.md and overload.json and prints the table. Report only: the
 # exit status is 0 whatever the targets say (1 if a scenario could not be run).
 
@@ -148,7 +149,8 @@ for s in "${SCENARIO_LIST[@]}"; do
     fi
     timeout $((bound + 120)) python3 "$DRIVER" run --name "$name" --setup "$setup" \
         --load "$load" --mode "$mode" --tasks "$n" --rate "$RATE" --seconds "$bound" \
-        --target "${targets[@]}" --stats "127.0.0.1:$FAKE_PORT" >>"$RESULTS_JSONL" ||
+        --target "${targets[@]}" --stats "127.0.0.1:$FAKE_PORT" \
+        ${OVERLOAD_DUMP_DIR:+--dump "$OVERLOAD_DUMP_DIR/$name.json"} >>"$RESULTS_JSONL" ||
         die "$name: the driver failed"
     python3 "$DRIVER" summary "$RESULTS_JSONL" >&2
     while ((${#PIDS[@]} > started)); do
