@@ -117,8 +117,38 @@ impl Fetcher {
         own: &Own<'_>,
     ) -> Result<Arc<Answer>, ApiError> {
         let flow_id = own.flow_id;
+        let mut holding = Holding::start(Arc::clone(peers), flow_id, token);
+        let result = self.attempts(own).await.map(Arc::new);
+        holding.stop_renewing();
+        if let Ok(answer) = &result {
+            let remaining = answer.remaining(self.attempts.clock.now());
+            peers.store(flow_id, answer, remaining).await;
+        }
+        peers.finish(flow_id, token, &Outcome::of(&result)).await;
+        holding.finished();
+        result
+    }
+}
+
+/// This replica's hold on a flow id while it fetches it, renewed until the attempts end.
+///
+/// A fetch cut off at its deadline is dropped wherever it is; the hold must not outlive it. Left
+/// renewing, it would hold every other lookup of the flow id, on every replica, until their own
+/// deadlines; left to run out, for up to its time to live. So a hold dropped before its outcome
+/// was published stops renewing and gives the hold back at once, telling any replica waiting on
+/// it that the fetch ran out of time.
+struct Holding {
+    peers: Arc<Peers>,
+    flow_id: FlowId,
+    token: String,
+    keepalive: Option<tokio::task::JoinHandle<()>>,
+    published: bool,
+}
+
+impl Holding {
+    fn start(peers: Arc<Peers>, flow_id: FlowId, token: &str) -> Self {
         let keepalive = {
-            let peers = Arc::clone(peers);
+            let peers = Arc::clone(&peers);
             let token = token.to_string();
             tokio::spawn(async move {
                 let every = peers.lease_ttl() / 3;
@@ -128,14 +158,46 @@ impl Fetcher {
                 }
             })
         };
-        let result = self.attempts(own).await.map(Arc::new);
-        keepalive.abort();
-        if let Ok(answer) = &result {
-            let remaining = answer.remaining(self.attempts.clock.now());
-            peers.store(flow_id, answer, remaining).await;
+        Self {
+            peers,
+            flow_id,
+            token: token.to_string(),
+            keepalive: Some(keepalive),
+            published: false,
         }
-        peers.finish(flow_id, token, &Outcome::of(&result)).await;
-        result
+    }
+
+    fn stop_renewing(&mut self) {
+        if let Some(keepalive) = self.keepalive.take() {
+            keepalive.abort();
+        }
+    }
+
+    /// The outcome was published and the hold given back.
+    fn finished(mut self) {
+        self.published = true;
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.stop_renewing();
+        if self.published {
+            return;
+        }
+        // Not after the runtime is gone (shutdown): then the hold runs out by itself.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (peers, flow_id, token) = (
+            Arc::clone(&self.peers),
+            self.flow_id,
+            std::mem::take(&mut self.token),
+        );
+        runtime.spawn(async move {
+            let outcome = Outcome::of(&Err(ApiError::DeadlineExceeded));
+            peers.finish(flow_id, &token, &outcome).await;
+        });
     }
 }
 

@@ -253,3 +253,58 @@ async fn across_replicas_a_new_task_goes_before_another_replicas_refreshes() {
     );
     assert!(fake.max_calls_in_any_second() <= 5);
 }
+
+#[actix_rt::test]
+async fn a_fetch_cut_off_at_its_deadline_lets_go_of_its_task_across_replicas() {
+    let Some(redis) = RedisServer::start_or_skip(
+        "a_fetch_cut_off_at_its_deadline_lets_go_of_its_task_across_replicas",
+    ) else {
+        return;
+    };
+    let fake = FakeUpstream::start();
+    // The upstream hangs past the fetch's 2 s deadline; the hold on the task lasts 4 s
+    // (queue wait 1 s + upstream timeout 2 s + a window) unless its holder renews it.
+    fake.script(
+        73_000,
+        Reply::Delay(Duration::from_secs(20), Box::new(Reply::Task(1))),
+    );
+    let replicas = replicas(
+        &fake,
+        &redis,
+        &[
+            "--request-timeout",
+            "2s",
+            "--upstream-timeout",
+            "2s",
+            "--max-queue-wait",
+            "1s",
+        ],
+    );
+    let client = client();
+    let (first, other) = (replicas[0].base(), replicas[1].base());
+    let (status, _, _) = get(&client, format!("{first}/tasks/73000")).await;
+    assert_eq!(status, 504, "the first replica's fetch was cut off");
+    fake.rescript(73_000, Reply::Task(1));
+
+    // The fetch that ran out of time gave its hold back (whether its attempt timed out or the
+    // fetch was cut off at its deadline mid-attempt: it neither keeps renewing the hold nor
+    // leaves it to run out): another replica fetches at once.
+    let started = std::time::Instant::now();
+    let answered = loop {
+        let (status, _, _) = get(&client, format!("{other}/tasks/73000")).await;
+        if status == 200 || started.elapsed() > Duration::from_secs(15) {
+            break status == 200;
+        }
+    };
+    assert!(
+        answered,
+        "another replica still waits on the cut-off fetch after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "before the hold's 4 s ran out: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(fake.calls_for(73_000), 2);
+}
