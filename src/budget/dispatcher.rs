@@ -3,11 +3,14 @@
 //! Calls that find no slot wait in the schedule (`schedule`): tasks nothing is known about first,
 //! fair across callers, then refreshes, the stalest first; a call nobody wants any more leaves it
 //! without a slot. One dispatcher task hands out slots as they free up. A full schedule refuses
-//! with a `Retry-After` computed from the queue as it is. The window itself is `window::BudgetState`, wrapped here with
+//! with a `Retry-After` computed from the queue as it is; a caller whose wait ends is told when
+//! its call's place comes, and the call keeps that place until it is back (`acquire`). The
+//! window itself is `window::BudgetState`, wrapped here with
 //! a lock, the queue's channels and the dispatcher; with Redis, the window's cap is the lease this
 //! replica holds (`lease_keeper`), so a slot never waits on a Redis round trip.
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
@@ -18,7 +21,7 @@ use super::lease_keeper::LeaseKeeper;
 use super::schedule::{Next, Schedule};
 use super::window::{BudgetConfig, BudgetState, RECOVERY_STEP};
 use crate::shared::{Demand, LeaseTerms, Redis};
-use crate::support::{lock, Clock};
+use crate::support::{lock, retry_after_left, Clock};
 use crate::task::CallerName;
 use crate::telemetry::{BudgetRejection, Metrics, ScheduleClass};
 
@@ -40,6 +43,10 @@ pub(crate) struct SlotAsk {
     /// The fetch's own deadline: never waited past.
     pub deadline: Instant,
 }
+
+/// Kept a little past when the callers sent away are due back and may have waited a queue wait:
+/// `Retry-After` is whole seconds, and a caller comes back a moment after it runs out.
+const KEEP_SLACK: Duration = Duration::from_secs(1);
 
 struct Waiter {
     grant: oneshot::Sender<Permit>,
@@ -173,13 +180,12 @@ impl Budget {
 
     /// What this replica tells the shared budget it wants, at `now`.
     fn demand(&self, now: Instant, lease: &LeaseKeeper) -> Demand {
-        let limit = self.config.limit;
         let mut locked = self.lock();
         let held = locked.state.used(now) as u32;
-        let waiting = locked.queue.len() as u32;
+        let waiting = u32::try_from(locked.queue.len()).unwrap_or(u32::MAX);
         Demand {
-            unknown: (locked.queue.unknown_len() as u32).min(limit),
-            total: held.saturating_add(waiting).min(limit),
+            unknown: u32::try_from(locked.queue.unknown_len()).unwrap_or(u32::MAX),
+            total: held.saturating_add(waiting),
             applying: lease.cap(now, false),
             safe: lease.safe_at(now),
             held,
@@ -281,6 +287,29 @@ impl Budget {
         shared.map_or(local, |shared| shared.min(local))
     }
 
+    /// How long a task nothing is known about may wait for its slot from now if its callers are
+    /// sent away and its call keeps its place: behind every unknown task queued now (waiting or
+    /// kept), or behind `fetches_ahead` when more fetches are under way than have queued yet (a
+    /// burst of new tasks is registered before its calls reach the schedule), at the rate this
+    /// replica can expect.
+    pub(crate) fn unknown_wait_ahead(&self, fetches_ahead: usize) -> Duration {
+        let now = self.clock.now();
+        let cap = self.expected_cap(now);
+        let mut locked = self.lock();
+        let position = locked.queue.unknown_len().max(fetches_ahead);
+        locked
+            .state
+            .estimate_slot_at(now, position, cap)
+            .saturating_duration_since(now)
+    }
+
+    /// The cap `Retry-After` is estimated under: in shared mode the rate this replica can expect.
+    fn expected_cap(&self, now: Instant) -> Option<u32> {
+        self.lease
+            .as_ref()
+            .map(|lease| lease.expected_rate(now).max(1))
+    }
+
     /// `Retry-After` for a newcomer at `position` in the queue.
     fn retry_after_secs_at(
         &self,
@@ -288,10 +317,7 @@ impl Budget {
         now: Instant,
         position: usize,
     ) -> u64 {
-        let cap = self
-            .lease
-            .as_ref()
-            .map(|lease| lease.expected_rate(now).max(1));
+        let cap = self.expected_cap(now);
         locked.state.retry_after_secs(now, position, cap)
     }
 
@@ -312,7 +338,7 @@ impl Budget {
                 return Ok(self.permit());
             }
         }
-        let (id, mut grant) = {
+        let (id, mut grant, told_secs) = {
             let mut locked = self.lock();
             let mut pushed_out = None;
             if locked.queue.len() >= self.config.max_queue {
@@ -349,18 +375,42 @@ impl Budget {
             self.metrics
                 .budget_queue_depth
                 .set(locked.queue.len() as i64);
+            let told_secs = self.retry_after_secs_at(&mut locked, now, position);
             on_queued(Refusal {
                 reason: BudgetRejection::WaitTimeout,
-                retry_after_secs: self.retry_after_secs_at(&mut locked, now, position),
+                retry_after_secs: told_secs,
             });
-            (id, rx)
+            (id, rx, told_secs)
         };
         self.wake.notify_one();
 
         let queued_at = now;
+        let unknown = ask.priority == Priority::Unknown;
+        // An unknown task's callers who are still waiting when their wait ends are answered 503
+        // with what is left of the `Retry-After` told now. The call keeps its place for them,
+        // behind every task with a caller still blocked on it, until a queue wait (and a second
+        // for rounding) after they are due back, so that their answer is there when they return
+        // and the budget goes to it rather than to a refresh meanwhile; kept from now, so that a
+        // slot that frees just as they are sent away finds it still wanted. Each time one of
+        // them comes back and is sent away again, it is kept again.
+        let keep_for = |now: Instant, waited: Duration| {
+            let back_in = Duration::from_secs(retry_after_left(told_secs, waited));
+            now + back_in + self.config.max_queue_wait + KEEP_SLACK
+        };
+        if unknown {
+            ask.interest.keep_until(keep_for(now, Duration::ZERO));
+        }
+        let mut asks_when_kept = ask.interest.asks();
+        let mut sent_away = false;
         loop {
-            let give_up_at = ask.interest.wanted_until().min(ask.deadline);
-            let outcome = tokio::time::timeout_at(give_up_at, &mut grant).await;
+            let asked_until = ask.interest.asked_until();
+            let wake = if unknown && self.clock.now() < asked_until {
+                // Wake when the callers are sent away, to make way for those still waiting.
+                asked_until
+            } else {
+                ask.interest.wanted_until()
+            };
+            let outcome = tokio::time::timeout_at(wake.min(ask.deadline), &mut grant).await;
             let now = self.clock.now();
             let waited = now.saturating_duration_since(queued_at);
             match outcome {
@@ -369,34 +419,86 @@ impl Budget {
                     return Ok(permit);
                 }
                 // Passed over as unwanted, or pushed out of a full schedule.
-                Ok(Err(_)) => return Err(self.gave_up(&ask, now, false)),
+                Ok(Err(_)) => return Err(self.gave_up(&ask, now, Left::PassedOver)),
+                // No caller is waiting on the unknown task any more: they were sent away.
+                Err(_) if unknown && now < ask.deadline && now >= ask.interest.asked_until() => {
+                    let came_back = ask.interest.asks() != asks_when_kept;
+                    if came_back {
+                        asks_when_kept = ask.interest.asks();
+                        ask.interest.keep_until(keep_for(now, waited));
+                    }
+                    if !sent_away || came_back {
+                        self.count_refusal(BudgetRejection::WaitTimeout);
+                    }
+                    if ask.interest.is_wanted(now) {
+                        sent_away = true;
+                        self.lock().queue.send_away(id);
+                        continue;
+                    }
+                    // Kept for callers who did not come back: nobody is refused now, the call
+                    // just leaves unmade.
+                    if self.lock().queue.remove(id) {
+                        self.metrics.record_unwanted(ScheduleClass::Unknown);
+                        return Err(Refusal {
+                            reason: BudgetRejection::WaitTimeout,
+                            retry_after_secs: retry_after_left(told_secs, waited),
+                        });
+                    }
+                    return self.granted_meanwhile(&mut grant, &ask, now);
+                }
                 // Someone asked again meanwhile: still wanted, keep the place.
                 Err(_) if ask.interest.is_wanted(now) && now < ask.deadline => continue,
                 Err(_) => {
-                    let removed = self.lock().queue.remove(id);
-                    if removed {
-                        return Err(self.gave_up(&ask, now, true));
+                    if self.lock().queue.remove(id) {
+                        if sent_away {
+                            // Its deadline came while kept: nobody is refused now.
+                            self.metrics.record_unwanted(ScheduleClass::Unknown);
+                            return Err(Refusal {
+                                reason: BudgetRejection::WaitTimeout,
+                                retry_after_secs: retry_after_left(told_secs, waited),
+                            });
+                        }
+                        return Err(self.gave_up(&ask, now, Left::WaitedOut { told_secs, waited }));
                     }
-                    // Granted just as the wait ended: the permit is in the channel.
-                    return match grant.try_recv() {
-                        Ok(permit) => Ok(permit),
-                        Err(_) => Err(self.gave_up(&ask, now, false)),
-                    };
+                    return self.granted_meanwhile(&mut grant, &ask, now);
                 }
             }
+        }
+    }
+
+    /// The wait ended just as the call was granted: the permit is in the channel, or the call
+    /// was passed over.
+    fn granted_meanwhile(
+        &self,
+        grant: &mut oneshot::Receiver<Permit>,
+        ask: &SlotAsk,
+        now: Instant,
+    ) -> Result<Permit, Refusal> {
+        match grant.try_recv() {
+            Ok(permit) => Ok(permit),
+            Err(_) => Err(self.gave_up(ask, now, Left::PassedOver)),
         }
     }
 
     /// The refusal of a call that left the schedule without a slot. An unknown task left because
     /// its callers' waits ended (they were answered 503); a refresh because nobody asked for it
     /// any more (its callers had their answer already); otherwise it was pushed out.
-    fn gave_up(&self, ask: &SlotAsk, now: Instant, waited_out: bool) -> Refusal {
+    ///
+    /// A call that waited out its turn says what is left of the `Retry-After` its callers were
+    /// told when it queued: its place was near the front by then, and the wait of a newcomer at
+    /// the back (a whole queue's worth) would keep them away long after their turn.
+    fn gave_up(&self, ask: &SlotAsk, now: Instant, left: Left) -> Refusal {
         let mut locked = self.lock();
         self.metrics
             .budget_queue_depth
             .set(locked.queue.len() as i64);
-        let position = locked.queue.position_for(ask.priority);
-        let retry_after_secs = self.retry_after_secs_at(&mut locked, now, position);
+        let (retry_after_secs, waited_out) = match left {
+            Left::WaitedOut { told_secs, waited } => (retry_after_left(told_secs, waited), true),
+            Left::PassedOver => {
+                let position = locked.queue.position_for(ask.priority);
+                (self.retry_after_secs_at(&mut locked, now, position), false)
+            }
+        };
         drop(locked);
         let unwanted = !ask.interest.is_wanted(now) || now >= ask.deadline;
         match (ask.priority, unwanted || waited_out) {
@@ -425,14 +527,18 @@ impl Budget {
     }
 
     fn refuse(&self, reason: BudgetRejection, retry_after_secs: u64) -> Refusal {
-        self.metrics
-            .budget_rejections
-            .with_label_values(&[reason.as_str()])
-            .inc();
+        self.count_refusal(reason);
         Refusal {
             reason,
             retry_after_secs,
         }
+    }
+
+    fn count_refusal(&self, reason: BudgetRejection) {
+        self.metrics
+            .budget_rejections
+            .with_label_values(&[reason.as_str()])
+            .inc();
     }
 
     /// Tencent answered `RequestLimitExceeded`.
@@ -462,6 +568,15 @@ impl Budget {
             lease.leave(held, held_for).await;
         }
     }
+}
+
+/// How a queued call left the schedule without a slot.
+enum Left {
+    /// Its wait ended after `waited` (nobody wanted it any more, or its deadline came); its
+    /// callers were told a `Retry-After` of `told_secs` when it queued.
+    WaitedOut { told_secs: u64, waited: Duration },
+    /// Passed over as unwanted, or pushed out of a full schedule.
+    PassedOver,
 }
 
 fn priority_class(priority: Priority) -> ScheduleClass {

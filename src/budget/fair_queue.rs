@@ -83,6 +83,16 @@ impl<T> FairQueue<T> {
         Some((key, item))
     }
 
+    /// Takes out the newest waiter of the busiest caller, whoever that is.
+    pub(super) fn pop_newest_of_busiest(&mut self) -> Option<T> {
+        let busiest = self
+            .queues
+            .iter()
+            .max_by_key(|(_, q)| q.len())
+            .map(|(k, _)| Arc::clone(k))?;
+        self.pop_newest_of(&busiest)
+    }
+
     /// Makes room for `key` when full: pushes out the newest waiter of the busiest other caller,
     /// if that caller has more waiting than `key` would. Returns the pushed-out waiter.
     pub(super) fn make_room_for(&mut self, key: &QueueKey) -> Option<T> {
@@ -96,11 +106,15 @@ impl<T> FairQueue<T> {
         if most <= mine + 1 {
             return None;
         }
-        let queue = self.queues.get_mut(&busiest)?;
+        self.pop_newest_of(&busiest)
+    }
+
+    fn pop_newest_of(&mut self, key: &QueueKey) -> Option<T> {
+        let queue = self.queues.get_mut(key)?;
         let (_, item) = queue.pop_back()?;
         if queue.is_empty() {
-            self.queues.remove(&busiest);
-            self.turn.retain(|k| *k != busiest);
+            self.queues.remove(key);
+            self.turn.retain(|k| k != key);
         }
         self.len -= 1;
         Some(item)

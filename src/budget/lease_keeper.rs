@@ -62,11 +62,12 @@ impl LeaseKeeper {
     }
 
     /// Calls per second this replica may have counted at `now`: nothing before its first grant,
-    /// and for a refresh nothing while another replica has unknown tasks waiting.
+    /// and for a refresh, while the lease lasts, only the part of it that no other replica's
+    /// unknown tasks wanted.
     pub(crate) fn cap(&self, now: Instant, refresh: bool) -> u32 {
         match &*lock(&self.grant) {
             None => 0,
-            Some(grant) if refresh && grant.yield_refreshes && now < grant.lease_until => 0,
+            Some(grant) if refresh && now < grant.lease_until => grant.for_refreshes,
             Some(grant) => grant.cap(now),
         }
     }
@@ -93,11 +94,13 @@ impl LeaseKeeper {
 
     /// Calls per second this replica can expect to spend soon, for `Retry-After`: its lease, or
     /// its fair share of the shared limit when that is more (a lease follows demand, so a small
-    /// one grows as calls wait).
+    /// one grows as calls wait). The share is rounded up, as the split gives the remainder to
+    /// some replicas: a caller told to come back a little early joins the call that kept its
+    /// place, one told too late delays its own first answer.
     pub(crate) fn expected_rate(&self, now: Instant) -> u32 {
         let cap = self.cap(now, false);
         lock(&self.grant).as_ref().map_or(cap, |grant| {
-            cap.max(grant.shared_limit / grant.replicas.max(1))
+            cap.max(grant.shared_limit.div_ceil(grant.replicas.max(1)))
         })
     }
 
@@ -145,7 +148,11 @@ impl LeaseKeeper {
     }
 
     async fn renew(&self, report: Demand, sent: Instant) {
-        self.metrics.lease.demand.set(i64::from(report.total));
+        let limit = self.leases.limit();
+        self.metrics
+            .lease
+            .demand
+            .set(i64::from(report.total.min(limit)));
         match self.leases.renew(&self.redis, report, sent).await {
             Ok(grant) => {
                 self.note_epoch(&grant);

@@ -7,6 +7,10 @@
 //!    behind those who cannot (a plain request gives up after the queue wait) until its own wait
 //!    is nearly over: earliest deadline first, in two tiers, so that a new task asked in the
 //!    middle of a wave of long polls is answered at once and no long poll waits past its end.
+//!    Behind both, in the order they were sent away: unknown tasks whose callers were answered
+//!    503 with a `Retry-After`. The call keeps its place while they wait it out, so their answer
+//!    is there when they come back and the budget goes to it rather than to a refresh meanwhile;
+//!    a task with a caller still blocked on it goes first.
 //! 2. Refreshes of processing tasks that someone still wants, the stalest answer first.
 //! 3. Never a call nobody wants: an entry whose interest has lapsed leaves without a slot.
 //!
@@ -34,6 +38,8 @@ pub(super) struct Schedule<T> {
     /// When each patient entry joins `unknown`, by (instant, id). A mark outlives an entry taken
     /// out early only until it comes due.
     patient_due: BTreeMap<(Instant, u64), ()>,
+    /// Unknown tasks whose callers were sent away with a `Retry-After`, in arrival order.
+    away: FairQueue<Entry<T>>,
     /// Refreshes by (fetched_at, id): the stalest first, ties in arrival order.
     refresh: BTreeMap<(Instant, u64), Entry<T>>,
     /// Where each queued refresh is, to take it out by id.
@@ -46,6 +52,7 @@ impl<T> Default for Schedule<T> {
             unknown: FairQueue::default(),
             patient: FairQueue::default(),
             patient_due: BTreeMap::new(),
+            away: FairQueue::default(),
             refresh: BTreeMap::new(),
             refresh_keys: HashMap::new(),
         }
@@ -68,7 +75,7 @@ impl<T> Schedule<T> {
     }
 
     pub(super) fn unknown_len(&self) -> usize {
-        self.unknown.len() + self.patient.len()
+        self.unknown.len() + self.patient.len() + self.away.len()
     }
 
     /// The queue position a newcomer of `priority` would take (0 = next); an unknown task is
@@ -95,6 +102,19 @@ impl<T> Schedule<T> {
     ) {
         self.patient.push(key, id, Entry { item, interest });
         self.patient_due.insert((urgent_at, id), ());
+    }
+
+    /// An unknown task whose callers were sent away with a `Retry-After` keeps its place
+    /// behind every task with a caller still blocked (and before every refresh) until it is
+    /// called or nobody wants it. Returns whether it was queued as an unknown task with a caller
+    /// blocked or patient on it.
+    pub(super) fn send_away(&mut self, id: u64) -> bool {
+        // A patient entry's due mark stays behind; it finds nothing to promote when it comes due.
+        let Some((key, entry)) = self.unknown.take(id).or_else(|| self.patient.take(id)) else {
+            return false;
+        };
+        self.away.push(key, id, entry);
+        true
     }
 
     /// Patient entries whose time has come join the urgent ones (at the back of their caller's
@@ -147,7 +167,12 @@ impl<T> Schedule<T> {
     /// entry nobody wants any more comes out as `Unwanted`, so its slot goes to the next one.
     pub(super) fn pop(&mut self, now: Instant) -> Option<Next<T>> {
         self.promote_due(now);
-        if let Some(entry) = self.unknown.pop().or_else(|| self.patient.pop()) {
+        if let Some(entry) = self
+            .unknown
+            .pop()
+            .or_else(|| self.patient.pop())
+            .or_else(|| self.away.pop())
+        {
             return Some(judge(entry, Priority::Unknown, now));
         }
         let ((fetched_at, id), entry) = self.refresh.pop_first()?;
@@ -161,7 +186,7 @@ impl<T> Schedule<T> {
             return self.refresh.remove(&(fetched_at, id)).is_some();
         }
         // A patient entry's due mark stays behind; it finds nothing to promote when it comes due.
-        self.unknown.remove(id) || self.patient.remove(id)
+        self.unknown.remove(id) || self.patient.remove(id) || self.away.remove(id)
     }
 
     /// Makes room for a newcomer of `priority` from `key` when the schedule is full: pushes out
@@ -180,9 +205,11 @@ impl<T> Schedule<T> {
             return self.refresh.remove(&(at, id)).map(|entry| entry.item);
         }
         match priority {
+            // A task whose callers were sent away goes before one whose caller is blocked.
             Priority::Unknown => self
-                .unknown
-                .make_room_for(key)
+                .away
+                .pop_newest_of_busiest()
+                .or_else(|| self.unknown.make_room_for(key))
                 .or_else(|| self.patient.make_room_for(key))
                 .map(|entry| entry.item),
             Priority::Refresh { .. } => None,
@@ -218,6 +245,90 @@ mod tests {
                 Next::Unwanted(item, _) => format!("({item})"),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_task_whose_callers_were_sent_away_keeps_its_place_behind_blocked_callers() {
+        let t0 = Instant::now();
+        let wanted = wanted_until(t0 + Duration::from_secs(60));
+        let mut schedule = Schedule::default();
+        for (id, item) in [(1, "sent away"), (2, "second"), (3, "also sent away")] {
+            schedule.push(key("a"), id, Priority::Unknown, Arc::clone(&wanted), item);
+        }
+        let refresh = Priority::Refresh { fetched_at: t0 };
+        schedule.push(key("a"), 4, refresh, Arc::clone(&wanted), "refresh");
+        assert!(schedule.send_away(1) && schedule.send_away(3));
+        assert!(!schedule.send_away(4), "only unknown tasks are sent away");
+        let patient_until = t0 + Duration::from_secs(30);
+        schedule.push_patient(key("b"), 5, patient_until, Arc::clone(&wanted), "patient");
+        schedule.push(
+            key("c"),
+            6,
+            Priority::Unknown,
+            Arc::clone(&wanted),
+            "blocked",
+        );
+        assert_eq!(schedule.position_for(Priority::Unknown), 2);
+        // Behind the tasks whose callers are blocked or patient, in arrival order, still before
+        // every refresh; and never promoted by time.
+        let later = t0 + Duration::from_secs(20);
+        assert_eq!(
+            drain(&mut schedule, later),
+            [
+                "second",
+                "blocked",
+                "patient",
+                "sent away",
+                "also sent away",
+                "refresh"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_long_poll_sent_away_keeps_its_place_among_the_others_sent_away() {
+        let t0 = Instant::now();
+        let wanted = wanted_until(t0 + Duration::from_secs(60));
+        let mut schedule = Schedule::default();
+        schedule.push(key("a"), 1, Priority::Unknown, Arc::clone(&wanted), "plain");
+        let due = t0 + Duration::from_secs(30);
+        schedule.push_patient(key("b"), 2, due, Arc::clone(&wanted), "long poll");
+        assert!(schedule.send_away(2) && schedule.send_away(1));
+        schedule.push(
+            key("c"),
+            3,
+            Priority::Unknown,
+            Arc::clone(&wanted),
+            "blocked",
+        );
+        // Sent away in that order; its old due mark promotes nothing.
+        let after_due = t0 + Duration::from_secs(31);
+        assert_eq!(
+            drain(&mut schedule, after_due),
+            ["blocked", "long poll", "plain"]
+        );
+    }
+
+    #[test]
+    fn a_full_schedule_pushes_out_a_task_whose_callers_were_sent_away_first() {
+        let t0 = Instant::now();
+        let wanted = wanted_until(t0 + Duration::from_secs(60));
+        let mut schedule = Schedule::default();
+        schedule.push(
+            key(""),
+            1,
+            Priority::Unknown,
+            Arc::clone(&wanted),
+            "blocked",
+        );
+        schedule.push(key(""), 2, Priority::Unknown, Arc::clone(&wanted), "away");
+        assert!(schedule.send_away(2));
+        assert_eq!(
+            schedule.make_room_for(&key(""), Priority::Unknown),
+            Some("away")
+        );
+        assert_eq!(schedule.make_room_for(&key(""), Priority::Unknown), None);
+        assert_eq!(drain(&mut schedule, t0), ["blocked"]);
     }
 
     #[test]

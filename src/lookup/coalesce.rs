@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::answer::Answer;
 use crate::budget::Interest;
 use crate::error::ApiError;
-use crate::support::{lock, Clock};
+use crate::support::{lock, retry_after_left, Clock};
 use crate::task::FlowId;
 
 /// Where a fetched answer came from.
@@ -154,6 +154,11 @@ impl Coalescer {
         )
     }
 
+    /// Fetches under way now.
+    pub(super) fn under_way(&self) -> usize {
+        lock(&self.fetches).len()
+    }
+
     fn remove(&self, flow_id: FlowId) {
         lock(&self.fetches).remove(&flow_id);
     }
@@ -196,9 +201,9 @@ pub(super) async fn wait_for(
                     Some((ApiError::BudgetExhausted { retry_after_secs }, since)),
                 ) => {
                     if now >= budget_until.min(deadline) {
-                        let waited = now.saturating_duration_since(since).as_secs();
+                        let waited = now.saturating_duration_since(since);
                         return Err(ApiError::BudgetExhausted {
-                            retry_after_secs: retry_after_secs.saturating_sub(waited).max(1),
+                            retry_after_secs: retry_after_left(retry_after_secs, waited),
                         });
                     }
                     budget_until.min(deadline)

@@ -181,9 +181,19 @@ impl LookupService {
         let clock = inner.clock.as_ref();
         match inner.coalescer.join(flow_id, ask.wanted_until) {
             Role::Leader(leader, receiver) => {
-                // The fetch has its own deadline, the longest any caller may have.
+                // The fetch has its own deadline, the longest any caller may have, counted for a
+                // task nothing is known about from when its slot may come: its call keeps its
+                // place while its callers wait out a `Retry-After` (as long as they come back),
+                // and must not end before it is made.
+                let wait_ahead = match ask.priority {
+                    Priority::Unknown => {
+                        let ahead = inner.coalescer.under_way().saturating_sub(1);
+                        inner.fetcher.attempts.budget.unknown_wait_ahead(ahead)
+                    }
+                    Priority::Refresh { .. } => Duration::ZERO,
+                };
                 let fetch_context = LookupContext {
-                    deadline: now + inner.fetch_timeout,
+                    deadline: now + wait_ahead + inner.fetch_timeout,
                     ..context.clone()
                 };
                 let service = self.clone();

@@ -103,10 +103,15 @@ if leaving_for then
   return {0, 0, 0, 0, 0, eff, epoch, #ids - 1}
 end
 
--- Splits `capacity` evenly among `members` (indexes), the remainder to the lowest ids, so that
--- every replica computes the same split and the parts add up to the whole.
-local function even(capacity, members)
-  table.sort(members, function(a, b) return ids[a] < ids[b] end)
+-- Splits `capacity` evenly among `members` (indexes), the remainder to those that want the most
+-- (by `wants`), then to the lowest ids, so that every replica computes the same split and the
+-- parts add up to the whole. A replica left behind by a remainder it did not get wants more at
+-- its next renewal and gets it then: over time the split is even to the call.
+local function even(capacity, members, wants)
+  table.sort(members, function(a, b)
+    if wants[a] ~= wants[b] then return wants[a] > wants[b] end
+    return ids[a] < ids[b]
+  end)
   local parts, share = {}, math.floor(capacity / #members)
   for j, i in ipairs(members) do
     parts[i] = share
@@ -132,7 +137,7 @@ local function fill(capacity, wants)
       -- Everyone from here wants more than an even split of what is left: split it evenly.
       local rest = {}
       for j = k, #order do table.insert(rest, order[j]) end
-      for j, part in pairs(even(left, rest)) do parts[j] = part end
+      for j, part in pairs(even(left, rest, wants)) do parts[j] = part end
       return parts, 0
     end
   end
@@ -142,11 +147,12 @@ local first, left = fill(eff, wants_unknown)
 local second, spare = fill(left, wants_more)
 -- What nobody wants goes to the replicas that want anything, as headroom for their bursts; an
 -- idle replica holds nothing, so a replica that turns busy finds the capacity free.
-local extra, active = 0, {}
+local extra, active, wants_all = 0, {}, {}
 for i = 1, #ids do
-  if wants_unknown[i] + wants_more[i] > 0 then table.insert(active, i) end
+  wants_all[i] = wants_unknown[i] + wants_more[i]
+  if wants_all[i] > 0 then table.insert(active, i) end
 end
-if want > 0 and spare > 0 then extra = even(spare, active)[1] end
+if want > 0 and spare > 0 then extra = even(spare, active, wants_all)[1] end
 
 local grant = math.max(0, math.min(first[1] + second[1] + extra, eff - others))
 if now < born + hold_off_ms then
@@ -158,9 +164,12 @@ local r = {wu = want_unknown, w = want, g = grant, ga = cur, h = held, s = safe,
            t = now + lease_ms, se = now + lease_ms + safe_ms}
 redis.call('HSET', key, me, cjson.encode(r))
 redis.call('PEXPIRE', key, 2 * (lease_ms + safe_ms + tail_ms) + 60000)
-local yield = 0
-if unknown_elsewhere and want_unknown == 0 then yield = 1 end
-return {grant, lease_ms, safe, lease_ms + safe_ms, yield, eff, epoch, #ids}
+-- While another replica has tasks nothing is known about waiting, refreshes here may use only
+-- what this grant holds beyond this replica's own share for such tasks: the rest of the budget
+-- is theirs first. (This replica's own unknown tasks go before its refreshes in its schedule.)
+local for_refreshes = grant
+if unknown_elsewhere then for_refreshes = math.max(0, grant - first[1]) end
+return {grant, lease_ms, safe, lease_ms + safe_ms, for_refreshes, eff, epoch, #ids}
 "#;
 
 /// How long leases last and how they are counted.
@@ -187,9 +196,11 @@ pub(crate) struct LeaseTerms {
 /// What this replica tells Redis at a renewal.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Demand {
-    /// Tasks nothing is known about waiting here.
+    /// Tasks nothing is known about waiting here (kept calls included).
     pub unknown: u32,
-    /// Calls per second wanted in all (slots in use plus calls waiting), at most the limit.
+    /// Calls wanted in all: slots in use plus calls waiting. Both counts go uncapped: beyond the
+    /// limit they no longer change a replica's share, but decide who gets the remainder of an
+    /// even split (the replica that fell behind).
     pub total: u32,
     /// The cap this replica applies now.
     pub applying: u32,
@@ -210,8 +221,10 @@ pub(crate) struct Grant {
     /// Calls per second from `lease_until` until `safe_until`, while Redis cannot be reached.
     pub safe: u32,
     pub safe_until: Instant,
-    /// Another replica has tasks nothing is known about waiting: send no refresh meanwhile.
-    pub yield_refreshes: bool,
+    /// Calls per second refreshes may use until `lease_until`: all of `rate`, or while another
+    /// replica has tasks nothing is known about waiting, only what is beyond this replica's own
+    /// share for such tasks.
+    pub for_refreshes: u32,
     /// The shared limit in force (lowered after throttling).
     pub shared_limit: u32,
     /// The epoch of the hash the grant came from.
@@ -263,6 +276,11 @@ impl Leases {
             key: redis.key(&["budget", "leases"]),
             terms,
         }
+    }
+
+    /// The account's limit as configured.
+    pub(crate) fn limit(&self) -> u32 {
+        self.terms.limit
     }
 
     /// Renews this replica's lease with `demand`. `sent` is when the request left, on this
@@ -318,10 +336,11 @@ impl Leases {
             .arg(if demand.throttled { "1" } else { "0" })
             .arg(leaving.map_or_else(String::new, |held_for| millis(held_for).to_string()))
             .arg(millis(terms.window));
-        type Reply = (u32, u64, u32, u64, u8, u32, String, u32);
-        let (rate, lease_ms, safe, safe_ms, yielding, shared_limit, epoch, replicas): Reply = redis
-            .run(async move { invocation.invoke_async(&mut conn).await })
-            .await?;
+        type Reply = (u32, u64, u32, u64, u32, u32, String, u32);
+        let (rate, lease_ms, safe, safe_ms, for_refreshes, shared_limit, epoch, replicas): Reply =
+            redis
+                .run(async move { invocation.invoke_async(&mut conn).await })
+                .await?;
         let until = |ms: u64| {
             (sent + Duration::from_millis(ms))
                 .checked_sub(terms.local_margin)
@@ -332,7 +351,7 @@ impl Leases {
             lease_until: until(lease_ms),
             safe,
             safe_until: until(safe_ms),
-            yield_refreshes: yielding == 1,
+            for_refreshes,
             shared_limit,
             epoch,
             replicas,
@@ -354,7 +373,7 @@ mod tests {
             lease_until: t0 + Duration::from_secs(2),
             safe: 4,
             safe_until: t0 + Duration::from_secs(32),
-            yield_refreshes: false,
+            for_refreshes: 8,
             shared_limit: 20,
             epoch: "1-a".into(),
             replicas: 3,

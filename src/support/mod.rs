@@ -8,4 +8,4 @@ mod time;
 
 pub(crate) use clock::{Clock, SystemClock};
 pub(crate) use sync::lock;
-pub(crate) use time::ceil_secs;
+pub(crate) use time::{ceil_secs, retry_after_left};

@@ -39,11 +39,12 @@ async fn the_excess_gets_503_with_a_retry_after_from_the_queue() {
     // One window's worth fits in a 1 s wait; a request that arrived late (a loaded machine sends
     // 100 slowly) may still catch a slot of the next window before its wait ends.
     assert!((20..=40).contains(&ok), "{ok} answered");
-    assert_eq!(
-        app.fake.call_count(),
-        ok,
-        "refused lookups cost no upstream call"
-    );
+    // A refused lookup's call keeps its place while its caller waits out the Retry-After, so
+    // the answer is there when it comes back: every task is called once, within the budget.
+    app.fake
+        .until_calls("every task's kept call", |calls| calls.len() >= 100)
+        .await;
+    assert!((20_000..20_100).all(|id| app.fake.calls_for(id) == 1));
     assert!(app.fake.max_calls_in_any_second() <= 20);
     let retry_after: Vec<u64> = refused
         .iter()

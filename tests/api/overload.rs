@@ -266,3 +266,63 @@ async fn a_completion_is_seen_within_n_over_r_plus_two_seconds() {
     );
     assert!(app.fake.max_calls_in_any_second() <= 5);
 }
+
+#[actix_rt::test]
+async fn a_task_whose_caller_was_sent_away_is_fetched_while_it_waits_out_retry_after() {
+    // 20 new tasks at once behind 5 calls/s, callers who give up after 1 s: most are sent away
+    // with a Retry-After. Their calls keep their places, so when each comes back as told its
+    // answer is there (or its call is being made), and no task costs a second call.
+    let app = spawn_app_with(
+        FakeUpstream::start(),
+        &["--rate-limit", RATE, "--max-queue-wait", "1s"],
+    )
+    .await;
+    let tasks = 71_000..71_020;
+    let first = join_all(tasks.clone().map(|id| app.task(id))).await;
+    let sent_away: Vec<(i64, u64)> = tasks
+        .clone()
+        .zip(&first)
+        .filter(|(_, answer)| answer.status == 503)
+        .map(|(id, answer)| (id, answer.header("retry-after").unwrap().parse().unwrap()))
+        .collect();
+    assert!(
+        sent_away.len() >= 10,
+        "most were sent away: {}",
+        sent_away.len()
+    );
+
+    let started = Instant::now();
+    let back = join_all(sent_away.iter().map(|&(id, retry_after)| {
+        let app = &app;
+        async move {
+            // The caller does as it was told.
+            tokio::time::sleep_until(started + Duration::from_secs(retry_after)).await;
+            app.task(id).await
+        }
+    }))
+    .await;
+    // Fetched while its caller was away (hit), or about to be (joined the kept call: shared);
+    // never queued again from scratch (that would be a miss). On a loaded machine a call may
+    // come after its caller is back and has waited its queue wait: it is then refused once more.
+    let mut answered = 0;
+    for answer in &back {
+        match answer.status {
+            200 => {
+                answered += 1;
+                let cache = answer.header("x-cache");
+                assert!(
+                    matches!(cache, Some("hit" | "shared")),
+                    "not queued again at the back: {cache:?}"
+                );
+            }
+            503 => {}
+            other => panic!("answered {other}"),
+        }
+    }
+    assert!(
+        answered * 2 >= back.len(),
+        "{answered} of {} answered when back",
+        back.len()
+    );
+    assert_eq!(app.fake.call_count(), tasks.count(), "one call per task");
+}
