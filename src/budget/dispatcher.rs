@@ -423,7 +423,9 @@ impl Budget {
                 // No caller is waiting on the unknown task any more: they were sent away.
                 Err(_) if unknown && now < ask.deadline && now >= ask.interest.asked_until() => {
                     let came_back = ask.interest.asks() != asks_when_kept;
-                    if came_back {
+                    if came_back || !sent_away {
+                        // (The first time too: a long poll is sent away only when its own,
+                        // longer, wait ends, after the keep made when it queued.)
                         asks_when_kept = ask.interest.asks();
                         ask.interest.keep_until(keep_for(now, waited));
                     }
