@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::fair_queue::QueueKey;
 use super::interest::{Interest, Priority};
+use super::kept::Keeping;
 use super::lease_keeper::LeaseKeeper;
 use super::schedule::{Next, Schedule};
 use super::window::{BudgetConfig, BudgetState, RECOVERY_STEP};
@@ -43,10 +44,6 @@ pub(crate) struct SlotAsk {
     /// The fetch's own deadline: never waited past.
     pub deadline: Instant,
 }
-
-/// Kept a little past when the callers sent away are due back and may have waited a queue wait:
-/// `Retry-After` is whole seconds, and a caller comes back a moment after it runs out.
-const KEEP_SLACK: Duration = Duration::from_secs(1);
 
 struct Waiter {
     grant: oneshot::Sender<Permit>,
@@ -385,26 +382,12 @@ impl Budget {
         self.wake.notify_one();
 
         let queued_at = now;
-        let unknown = ask.priority == Priority::Unknown;
-        // An unknown task's callers who are still waiting when their wait ends are answered 503
-        // with what is left of the `Retry-After` told now. The call keeps its place for them,
-        // behind every task with a caller still blocked on it, until a queue wait (and a second
-        // for rounding) after they are due back, so that their answer is there when they return
-        // and the budget goes to it rather than to a refresh meanwhile; kept from now, so that a
-        // slot that frees just as they are sent away finds it still wanted. Each time one of
-        // them comes back and is sent away again, it is kept again.
-        let keep_for = |now: Instant, waited: Duration| {
-            let back_in = Duration::from_secs(retry_after_left(told_secs, waited));
-            now + back_in + self.config.max_queue_wait + KEEP_SLACK
-        };
-        if unknown {
-            ask.interest.keep_until(keep_for(now, Duration::ZERO));
-        }
-        let mut asks_when_kept = ask.interest.asks();
-        let mut sent_away = false;
+        // An unknown task's call is kept for the callers it sends away (`kept`).
+        let mut keeping = (ask.priority == Priority::Unknown)
+            .then(|| Keeping::start(&ask.interest, told_secs, now, self.config.max_queue_wait));
         loop {
             let asked_until = ask.interest.asked_until();
-            let wake = if unknown && self.clock.now() < asked_until {
+            let wake = if keeping.is_some() && self.clock.now() < asked_until {
                 // Wake when the callers are sent away, to make way for those still waiting.
                 asked_until
             } else {
@@ -412,60 +395,65 @@ impl Budget {
             };
             let outcome = tokio::time::timeout_at(wake.min(ask.deadline), &mut grant).await;
             let now = self.clock.now();
-            let waited = now.saturating_duration_since(queued_at);
             match outcome {
                 Ok(Ok(permit)) => {
+                    let waited = now.saturating_duration_since(queued_at);
                     self.metrics.budget_wait.observe(waited.as_secs_f64());
                     return Ok(permit);
                 }
                 // Passed over as unwanted, or pushed out of a full schedule.
                 Ok(Err(_)) => return Err(self.gave_up(&ask, now, Left::PassedOver)),
-                // No caller is waiting on the unknown task any more: they were sent away.
-                Err(_) if unknown && now < ask.deadline && now >= ask.interest.asked_until() => {
-                    let came_back = ask.interest.asks() != asks_when_kept;
-                    if came_back || !sent_away {
-                        // (The first time too: a long poll is sent away only when its own,
-                        // longer, wait ends, after the keep made when it queued.)
-                        asks_when_kept = ask.interest.asks();
-                        ask.interest.keep_until(keep_for(now, waited));
-                    }
-                    if !sent_away || came_back {
+                Err(_) => {}
+            }
+            if now < ask.deadline {
+                // No caller waits on the unknown task any more: they were sent away.
+                let sent_away = now >= ask.interest.asked_until();
+                if let Some(keeping) = keeping.as_mut().filter(|_| sent_away) {
+                    if keeping.sent_away(&ask.interest, now) {
                         self.count_refusal(BudgetRejection::WaitTimeout);
                     }
                     if ask.interest.is_wanted(now) {
-                        sent_away = true;
                         self.lock().queue.send_away(id);
                         continue;
                     }
-                    // Kept for callers who did not come back: nobody is refused now, the call
-                    // just leaves unmade.
-                    if self.lock().queue.remove(id) {
-                        self.metrics.record_unwanted(ScheduleClass::Unknown);
-                        return Err(Refusal {
-                            reason: BudgetRejection::WaitTimeout,
-                            retry_after_secs: retry_after_left(told_secs, waited),
-                        });
-                    }
-                    return self.granted_meanwhile(&mut grant, &ask, now);
+                    return self.leave_unmade(id, &mut grant, &ask, now, keeping);
                 }
                 // Someone asked again meanwhile: still wanted, keep the place.
-                Err(_) if ask.interest.is_wanted(now) && now < ask.deadline => continue,
-                Err(_) => {
-                    if self.lock().queue.remove(id) {
-                        if sent_away {
-                            // Its deadline came while kept: nobody is refused now.
-                            self.metrics.record_unwanted(ScheduleClass::Unknown);
-                            return Err(Refusal {
-                                reason: BudgetRejection::WaitTimeout,
-                                retry_after_secs: retry_after_left(told_secs, waited),
-                            });
-                        }
-                        return Err(self.gave_up(&ask, now, Left::WaitedOut { told_secs, waited }));
-                    }
-                    return self.granted_meanwhile(&mut grant, &ask, now);
+                if ask.interest.is_wanted(now) {
+                    continue;
                 }
             }
+            // Its deadline came, or nobody wants it.
+            if let Some(keeping) = keeping.as_ref().filter(|k| k.was_sent_away()) {
+                return self.leave_unmade(id, &mut grant, &ask, now, keeping);
+            }
+            if self.lock().queue.remove(id) {
+                let waited = now.saturating_duration_since(queued_at);
+                let retry_after_secs = retry_after_left(told_secs, waited);
+                return Err(self.gave_up(&ask, now, Left::WaitedOut { retry_after_secs }));
+            }
+            return self.granted_meanwhile(&mut grant, &ask, now);
         }
+    }
+
+    /// A call kept for callers who did not come back (or whose deadline came while kept) leaves
+    /// unmade: nobody is refused now.
+    fn leave_unmade(
+        &self,
+        id: u64,
+        grant: &mut oneshot::Receiver<Permit>,
+        ask: &SlotAsk,
+        now: Instant,
+        keeping: &Keeping,
+    ) -> Result<Permit, Refusal> {
+        if !self.lock().queue.remove(id) {
+            return self.granted_meanwhile(grant, ask, now);
+        }
+        self.metrics.record_unwanted(ScheduleClass::Unknown);
+        Err(Refusal {
+            reason: BudgetRejection::WaitTimeout,
+            retry_after_secs: keeping.retry_after_left(now),
+        })
     }
 
     /// The wait ended just as the call was granted: the permit is in the channel, or the call
@@ -495,7 +483,7 @@ impl Budget {
             .budget_queue_depth
             .set(locked.queue.len() as i64);
         let (retry_after_secs, waited_out) = match left {
-            Left::WaitedOut { told_secs, waited } => (retry_after_left(told_secs, waited), true),
+            Left::WaitedOut { retry_after_secs } => (retry_after_secs, true),
             Left::PassedOver => {
                 let position = locked.queue.position_for(ask.priority);
                 (self.retry_after_secs_at(&mut locked, now, position), false)
@@ -574,9 +562,9 @@ impl Budget {
 
 /// How a queued call left the schedule without a slot.
 enum Left {
-    /// Its wait ended after `waited` (nobody wanted it any more, or its deadline came); its
-    /// callers were told a `Retry-After` of `told_secs` when it queued.
-    WaitedOut { told_secs: u64, waited: Duration },
+    /// Its wait ended (nobody wanted it any more, or its deadline came); what is left of the
+    /// `Retry-After` its callers were told when it queued.
+    WaitedOut { retry_after_secs: u64 },
     /// Passed over as unwanted, or pushed out of a full schedule.
     PassedOver,
 }

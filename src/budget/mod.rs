@@ -4,7 +4,8 @@
 //! - `schedule`: who gets the next slot: unknown tasks first (fair across callers, `fair_queue`),
 //!   then refreshes that someone still wants, the stalest first; `interest`: what a call is worth
 //!   and until when anyone wants it
-//! - `dispatcher`: the budget every worker takes slots from and its dispatcher task
+//! - `dispatcher`: the budget every worker takes slots from and its dispatcher task; `kept`: a
+//!   call kept for the callers it sent away with a `Retry-After`
 //! - `lease_keeper`: in shared mode, the lease that caps the window and the task renewing it
 //! - `retry_budget`, `breaker`: pure guards against a failing upstream; `resilience` holds both
 
@@ -12,6 +13,7 @@ pub(crate) mod breaker;
 mod dispatcher;
 mod fair_queue;
 mod interest;
+mod kept;
 mod lease_keeper;
 mod resilience;
 pub(crate) mod retry_budget;

@@ -38,7 +38,7 @@ pub(super) struct Schedule<T> {
     /// When each patient entry joins `unknown`, by (instant, id). A mark outlives an entry taken
     /// out early only until it comes due.
     patient_due: BTreeMap<(Instant, u64), ()>,
-    /// Unknown tasks whose callers were sent away with a `Retry-After`, in arrival order.
+    /// Unknown tasks whose callers were sent away with a `Retry-After`, in the order they were.
     away: FairQueue<Entry<T>>,
     /// Refreshes by (fetched_at, id): the stalest first, ties in arrival order.
     refresh: BTreeMap<(Instant, u64), Entry<T>>,

@@ -117,7 +117,7 @@ impl Fetcher {
         own: &Own<'_>,
     ) -> Result<Arc<Answer>, ApiError> {
         let flow_id = own.flow_id;
-        let mut holding = Holding::start(Arc::clone(peers), flow_id, token);
+        let holding = Holding::start(Arc::clone(peers), flow_id, token);
         let result = self.attempts(own).await.map(Arc::new);
         holding.stop_renewing();
         if let Ok(answer) = &result {
@@ -140,9 +140,9 @@ impl Fetcher {
 struct Holding {
     peers: Arc<Peers>,
     flow_id: FlowId,
-    token: String,
-    keepalive: Option<tokio::task::JoinHandle<()>>,
-    published: bool,
+    /// Until the outcome is published and the hold given back.
+    token: Option<String>,
+    keepalive: tokio::task::JoinHandle<()>,
 }
 
 impl Holding {
@@ -161,39 +161,32 @@ impl Holding {
         Self {
             peers,
             flow_id,
-            token: token.to_string(),
-            keepalive: Some(keepalive),
-            published: false,
+            token: Some(token.to_string()),
+            keepalive,
         }
     }
 
-    fn stop_renewing(&mut self) {
-        if let Some(keepalive) = self.keepalive.take() {
-            keepalive.abort();
-        }
+    fn stop_renewing(&self) {
+        self.keepalive.abort();
     }
 
     /// The outcome was published and the hold given back.
     fn finished(mut self) {
-        self.published = true;
+        self.token = None;
     }
 }
 
 impl Drop for Holding {
     fn drop(&mut self) {
         self.stop_renewing();
-        if self.published {
+        let Some(token) = self.token.take() else {
             return;
-        }
+        };
         // Not after the runtime is gone (shutdown): then the hold runs out by itself.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (peers, flow_id, token) = (
-            Arc::clone(&self.peers),
-            self.flow_id,
-            std::mem::take(&mut self.token),
-        );
+        let (peers, flow_id) = (Arc::clone(&self.peers), self.flow_id);
         runtime.spawn(async move {
             let outcome = Outcome::of(&Err(ApiError::DeadlineExceeded));
             peers.finish(flow_id, &token, &outcome).await;
