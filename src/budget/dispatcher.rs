@@ -300,11 +300,11 @@ impl Budget {
             .saturating_duration_since(now)
     }
 
-    /// The cap `Retry-After` is estimated under: in shared mode the rate this replica can expect.
-    fn expected_cap(&self, now: Instant) -> Option<u32> {
+    /// The rate `Retry-After` is estimated at: in shared mode the rate this replica can expect.
+    fn expected_cap(&self, now: Instant) -> Option<f64> {
         self.lease
             .as_ref()
-            .map(|lease| lease.expected_rate(now).max(1))
+            .map(|lease| lease.expected_rate(now).max(1.0))
     }
 
     /// `Retry-After` for a newcomer at `position` in the queue.

@@ -48,6 +48,19 @@ impl<T> FairQueue<T> {
     }
 
     /// The next waiter: the head of the caller whose turn it is.
+    /// Queues `item` in its caller's queue by `id` (ids are handed out in arrival order), not at
+    /// the back: for an entry that comes back from elsewhere and must keep the place its arrival
+    /// gave it, whatever order the moves come in.
+    pub(super) fn push_in_order(&mut self, key: QueueKey, id: u64, item: T) {
+        let queue = self.queues.entry(Arc::clone(&key)).or_default();
+        if queue.is_empty() {
+            self.turn.push_back(key);
+        }
+        let at = queue.partition_point(|(queued, _)| *queued < id);
+        queue.insert(at, (id, item));
+        self.len += 1;
+    }
+
     pub(super) fn pop(&mut self) -> Option<T> {
         let key = self.turn.pop_front()?;
         let queue = self.queues.get_mut(&key)?;
@@ -146,6 +159,17 @@ mod tests {
             ]
         );
         assert_eq!(queue.len(), 0);
+    }
+
+    #[test]
+    fn entries_queued_in_order_keep_their_arrival_order_whatever_order_they_come_in() {
+        let mut queue = FairQueue::default();
+        for id in [5, 2, 9, 1, 7] {
+            queue.push_in_order(key("a"), id, id);
+        }
+        queue.push_in_order(key("b"), 3, 3);
+        let order: Vec<u64> = std::iter::from_fn(|| queue.pop()).collect();
+        assert_eq!(order, [1, 3, 2, 5, 7, 9]);
     }
 
     #[test]

@@ -94,13 +94,13 @@ impl LeaseKeeper {
 
     /// Calls per second this replica can expect to spend soon, for `Retry-After`: its lease, or
     /// its fair share of the shared limit when that is more (a lease follows demand, so a small
-    /// one grows as calls wait). The share is rounded up, as the split gives the remainder to
-    /// some replicas: a caller told to come back a little early joins the call that kept its
-    /// place, one told too late delays its own first answer.
-    pub(crate) fn expected_rate(&self, now: Instant) -> u32 {
-        let cap = self.cap(now, false);
+    /// one grows as calls wait). The share is a fraction (20/s over 3 replicas is 6.67/s): the
+    /// even split hands its remainder to the replica that wants the most, so over a queue's
+    /// worth of waiting each replica spends its exact share in leases of 6 and 7.
+    pub(crate) fn expected_rate(&self, now: Instant) -> f64 {
+        let cap = f64::from(self.cap(now, false));
         lock(&self.grant).as_ref().map_or(cap, |grant| {
-            cap.max(grant.shared_limit.div_ceil(grant.replicas.max(1)))
+            cap.max(f64::from(grant.shared_limit) / f64::from(grant.replicas.max(1)))
         })
     }
 

@@ -7,7 +7,7 @@
 //!    behind those who cannot (a plain request gives up after the queue wait) until its own wait
 //!    is nearly over: earliest deadline first, in two tiers, so that a new task asked in the
 //!    middle of a wave of long polls is answered at once and no long poll waits past its end.
-//!    Behind both, in the order they were sent away: unknown tasks whose callers were answered
+//!    Behind both, in the order they arrived: unknown tasks whose callers were answered
 //!    503 with a `Retry-After`. The call keeps its place while they wait it out, so their answer
 //!    is there when they come back and the budget goes to it rather than to a refresh meanwhile;
 //!    a task with a caller still blocked on it goes first.
@@ -38,7 +38,7 @@ pub(super) struct Schedule<T> {
     /// When each patient entry joins `unknown`, by (instant, id). A mark outlives an entry taken
     /// out early only until it comes due.
     patient_due: BTreeMap<(Instant, u64), ()>,
-    /// Unknown tasks whose callers were sent away with a `Retry-After`, in the order they were.
+    /// Unknown tasks whose callers were sent away with a `Retry-After`, in arrival order.
     away: FairQueue<Entry<T>>,
     /// Refreshes by (fetched_at, id): the stalest first, ties in arrival order.
     refresh: BTreeMap<(Instant, u64), Entry<T>>,
@@ -113,7 +113,10 @@ impl<T> Schedule<T> {
         let Some((key, entry)) = self.unknown.take(id).or_else(|| self.patient.take(id)) else {
             return false;
         };
-        self.away.push(key, id, entry);
+        // In arrival order, not the order the callers' waits ended in: those end together for
+        // a burst of callers (timers of one instant fire in no set order), and the `Retry-After`
+        // each was told counted on the place its arrival gave it.
+        self.away.push_in_order(key, id, entry);
         true
     }
 
@@ -257,7 +260,8 @@ mod tests {
         }
         let refresh = Priority::Refresh { fetched_at: t0 };
         schedule.push(key("a"), 4, refresh, Arc::clone(&wanted), "refresh");
-        assert!(schedule.send_away(1) && schedule.send_away(3));
+        // Their callers' waits ended in the other order (timers of one instant fire in any).
+        assert!(schedule.send_away(3) && schedule.send_away(1));
         assert!(!schedule.send_away(4), "only unknown tasks are sent away");
         let patient_until = t0 + Duration::from_secs(30);
         schedule.push_patient(key("b"), 5, patient_until, Arc::clone(&wanted), "patient");

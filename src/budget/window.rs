@@ -46,7 +46,14 @@ pub(super) struct BudgetState {
     cooling: VecDeque<Instant>,
     /// Set by throttling: the reduced limit and when it was set.
     reduced: Option<(u32, Instant)>,
+    /// How long a slot stays held before its window starts (its answer time, at least the
+    /// margin), smoothed over recent calls: a slot is used once per window plus this, which is
+    /// what the queue's estimates count by.
+    hold: Duration,
 }
+
+/// The weight of the newest call in the smoothed hold (as TCP smooths its round-trip time).
+const HOLD_SMOOTHING: u32 = 8;
 
 impl BudgetState {
     pub(super) fn new(config: BudgetConfig) -> Self {
@@ -55,6 +62,7 @@ impl BudgetState {
             in_flight: 0,
             cooling: VecDeque::new(),
             reduced: None,
+            hold: config.margin,
         }
     }
 
@@ -128,6 +136,10 @@ impl BudgetState {
     pub(super) fn release(&mut self, now: Instant, sent: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
         let until = now.max(sent + self.config.margin) + self.config.window;
+        // One hung call must not stretch every estimate: a sample counts at most a window.
+        let held = (until - self.config.window).saturating_duration_since(sent);
+        let sample = held.min(self.config.window);
+        self.hold = (self.hold * (HOLD_SMOOTHING - 1) + sample) / HOLD_SMOOTHING;
         // `now` is monotonic across callers but taken before the lock, so keep the order exact.
         let at = self.cooling.partition_point(|t| *t <= until);
         self.cooling.insert(at, until);
@@ -170,18 +182,21 @@ impl BudgetState {
         }
     }
 
-    /// When the lookup at queue position `position` (0 = next) would likely get a slot under
-    /// `cap` (the lease, in shared mode). Slots free at their cooling ends; calls in flight are
-    /// assumed to answer now; after the known slots, each further round of `limit` waiters takes
-    /// one more window.
+    /// When the lookup at queue position `position` (0 = next) would likely get a slot at the
+    /// `expected` rate (calls per second; in shared mode the lease's, which may be a fraction:
+    /// 20/s over 3 replicas is 6.67/s, spent in leases of 6 and 7). Slots free at their cooling
+    /// ends; calls in flight are assumed to answer within the usual answer time; after the known
+    /// slots, each further round of waiters takes one more window and the usual answer time (at
+    /// 20 ms a round is 1.02 s: counting 1 s told the 900th waiter to come back a second early).
     pub(super) fn estimate_slot_at(
         &mut self,
         now: Instant,
         position: usize,
-        cap: Option<u32>,
+        expected: Option<f64>,
     ) -> Instant {
+        let cap = expected.map(|rate| rate.ceil() as u32);
         let limit = self.capped_limit(now, cap).max(1) as usize;
-        let round = self.config.window + self.config.margin;
+        let round = self.config.window + self.hold;
         let mut free: Vec<Instant> = Vec::with_capacity(limit);
         let idle = limit.saturating_sub(self.used(now));
         free.extend(std::iter::repeat_n(now, idle));
@@ -193,18 +208,31 @@ impl BudgetState {
             free.push(now + round);
         }
         let rounds = (position / limit) as u32;
-        free[position % limit] + round * rounds
+        let at = free[position % limit] + round * rounds;
+        match expected {
+            // Rounds of `limit` slots come less often than every window at a fractional rate.
+            Some(rate) if rate < limit as f64 => {
+                now + at
+                    .saturating_duration_since(now)
+                    .mul_f64(limit as f64 / rate)
+            }
+            _ => at,
+        }
     }
 
-    /// `Retry-After` for a newcomer at `position`, in whole seconds (at least 1).
+    /// `Retry-After` for a newcomer at `position`, in whole seconds (at least 1). It asks the
+    /// caller back a little before the slot is expected (half a queue wait, at most a second):
+    /// back early, the caller waits for the call in the queue and has the answer the moment it
+    /// comes; back late, the answer waits for the caller.
     pub(super) fn retry_after_secs(
         &mut self,
         now: Instant,
         position: usize,
-        cap: Option<u32>,
+        expected: Option<f64>,
     ) -> u64 {
-        let at = self.estimate_slot_at(now, position, cap);
-        ceil_secs(at.saturating_duration_since(now)).max(1)
+        let at = self.estimate_slot_at(now, position, expected);
+        let early = (self.config.max_queue_wait / 2).min(self.config.window);
+        ceil_secs(at.saturating_duration_since(now).saturating_sub(early)).max(1)
     }
 }
 
@@ -306,16 +334,47 @@ mod tests {
     }
 
     #[test]
+    fn the_queue_is_estimated_at_the_pace_answers_allow() {
+        let t0 = Instant::now();
+        let mut state = BudgetState::new(config(1));
+        // Answers take 250 ms: the one slot is used once every 1.25 s.
+        let mut sent = t0;
+        for _ in 0..40 {
+            assert!(state.try_take(sent));
+            let answered = sent + Duration::from_millis(250);
+            state.release(answered, sent);
+            sent = answered + Duration::from_secs(1);
+        }
+        let now = sent;
+        let tenth = state.estimate_slot_at(now, 9, None).duration_since(now);
+        assert!(
+            (Duration::from_millis(11_100)..=Duration::from_millis(11_300)).contains(&tenth),
+            "the 10th waiter nine rounds of 1.25 s on, not of 1.05 s: {tenth:?}"
+        );
+        // A call that hangs for a minute counts as one window at most.
+        assert!(state.try_take(now));
+        state.release(now + Duration::from_secs(60), now);
+        let later = now + Duration::from_secs(61);
+        let tenth = state.estimate_slot_at(later, 9, None).duration_since(later);
+        assert!(tenth < Duration::from_millis(14_000), "{tenth:?}");
+    }
+
+    #[test]
     fn retry_after_follows_the_queue() {
         let t0 = Instant::now();
         let mut state = BudgetState::new(config(2));
         assert!(state.try_take(t0) && state.try_take(t0));
         state.release(t0, t0);
         state.release(t0, t0);
-        // Both slots free at t0 + 1.05 s: positions 0 and 1 get them, 2 and 3 one round later.
-        assert_eq!(state.retry_after_secs(t0, 0, None), 2);
-        assert_eq!(state.retry_after_secs(t0, 1, None), 2);
-        assert_eq!(state.retry_after_secs(t0, 2, None), 3);
-        assert_eq!(state.retry_after_secs(t0, 5, None), 4);
+        // Both slots free at t0 + 1.05 s: positions 0 and 1 get them, 2 and 3 one round later
+        // (2.1 s), 4 and 5 at 3.15 s; each caller is asked back a second (half its 2 s queue
+        // wait) before, to wait for the slot in the queue.
+        assert_eq!(state.retry_after_secs(t0, 0, None), 1);
+        assert_eq!(state.retry_after_secs(t0, 1, None), 1);
+        assert_eq!(state.retry_after_secs(t0, 2, None), 2);
+        assert_eq!(state.retry_after_secs(t0, 5, None), 3);
+        // At 1.5 calls/s in slots of 2 (a lease's fractional share), a round takes 1.33 windows.
+        let fifth = state.estimate_slot_at(t0, 5, Some(1.5)).duration_since(t0);
+        assert_eq!(fifth, Duration::from_millis(4_200));
     }
 }

@@ -326,3 +326,48 @@ async fn a_task_whose_caller_was_sent_away_is_fetched_while_it_waits_out_retry_a
     );
     assert_eq!(app.fake.call_count(), tasks.count(), "one call per task");
 }
+
+#[actix_rt::test]
+async fn callers_sent_away_are_told_to_come_back_in_the_order_their_calls_are_made() {
+    // 40 new tasks at once behind 5 calls/s, callers who give up after 1 s: each sent away is
+    // told when its call's place comes. The calls keep the places their arrival gave them (not
+    // the order in which the callers' waits happened to end), so the later a task is called
+    // the later its caller was asked back.
+    let app = spawn_app_with(
+        FakeUpstream::start(),
+        &["--rate-limit", RATE, "--max-queue-wait", "1s"],
+    )
+    .await;
+    let tasks = 72_000..72_040;
+    let first = join_all(tasks.clone().map(|id| app.task(id))).await;
+    let told: std::collections::HashMap<i64, u64> = tasks
+        .clone()
+        .zip(&first)
+        .filter(|(_, answer)| answer.status == 503)
+        .map(|(id, answer)| (id, answer.header("retry-after").unwrap().parse().unwrap()))
+        .collect();
+    assert!(told.len() >= 30, "most were sent away: {}", told.len());
+    app.fake
+        .until_calls("every task called once", |calls| {
+            calls.len() >= tasks.clone().count()
+        })
+        .await;
+    let told_in_call_order: Vec<u64> = app
+        .fake
+        .calls()
+        .iter()
+        .filter_map(|call| told.get(&call.flow_id?).copied())
+        .collect();
+    // Calls of one round may reach the fake in any order, and a caller's whole seconds round
+    // its place: a step back of a second at most.
+    let step_back = told_in_call_order
+        .windows(2)
+        .map(|pair| pair[0].saturating_sub(pair[1]))
+        .max()
+        .unwrap_or(0);
+    assert!(
+        step_back <= 1,
+        "Retry-After in the order the calls were made: {told_in_call_order:?}"
+    );
+    assert_eq!(app.fake.call_count(), tasks.count(), "one call per task");
+}
