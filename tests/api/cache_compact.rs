@@ -118,6 +118,16 @@ async fn the_byte_bound_evicts_answers_that_come_in_through_lookups() {
         held[3] >= held[1] * 0.75 && held[3] <= held[1] * 1.25,
         "levels off: {held:?}"
     );
-    // The newest answer is still a hit.
-    assert_eq!(app.task(599 * 64).await.header("x-cache"), Some("hit"));
+    // The newest answers are held: asked again, most come from the cache. (Not every one: the
+    // cache admits a newcomer over a victim it has seen as often, so one may have been turned
+    // away.)
+    let again = join_all((450..600).map(|i| app.task(i * 64))).await;
+    let hits = again
+        .iter()
+        .filter(|answer| answer.header("x-cache") == Some("hit"))
+        .count();
+    assert!(
+        hits as f64 >= held[3] / 2.0,
+        "{hits} of the newest 150 were hits, the cache holds {held:?}"
+    );
 }
