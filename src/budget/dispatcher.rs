@@ -19,6 +19,7 @@ use super::fair_queue::QueueKey;
 use super::interest::{Interest, Priority};
 use super::kept::Keeping;
 use super::lease_keeper::LeaseKeeper;
+use super::place::Place;
 use super::schedule::{Next, Schedule};
 use super::window::{BudgetConfig, BudgetState, RECOVERY_STEP};
 use crate::shared::{Demand, LeaseTerms, Redis};
@@ -319,12 +320,12 @@ impl Budget {
     }
 
     /// Waits for a slot in the schedule for as long as anyone wants the call (and at most until
-    /// the fetch's deadline). `on_queued` is told, once, when the call has to wait and for about
-    /// how long.
+    /// the fetch's deadline). `on_queued` is told, once, when the call has to wait, for about
+    /// how long, and where it waits.
     pub(crate) async fn acquire(
         self: &Arc<Self>,
         ask: SlotAsk,
-        on_queued: impl FnOnce(Refusal),
+        on_queued: impl FnOnce(Refusal, Place),
     ) -> Result<Permit, Refusal> {
         let key: QueueKey = ask.caller.clone().unwrap_or_else(|| Arc::from(""));
         let now = self.clock.now();
@@ -373,10 +374,13 @@ impl Budget {
                 .budget_queue_depth
                 .set(locked.queue.len() as i64);
             let told_secs = self.retry_after_secs_at(&mut locked, now, position);
-            on_queued(Refusal {
-                reason: BudgetRejection::WaitTimeout,
-                retry_after_secs: told_secs,
-            });
+            on_queued(
+                Refusal {
+                    reason: BudgetRejection::WaitTimeout,
+                    retry_after_secs: told_secs,
+                },
+                Place::new(Arc::downgrade(self), id),
+            );
             (id, rx, told_secs)
         };
         self.wake.notify_one();
@@ -409,7 +413,9 @@ impl Budget {
                 // No caller waits on the unknown task any more: they were sent away.
                 let sent_away = now >= ask.interest.asked_until();
                 if let Some(keeping) = keeping.as_mut().filter(|_| sent_away) {
-                    if keeping.sent_away(&ask.interest, now) {
+                    // What its callers are told now (`Place`): from where the call stands.
+                    let told_now = self.retry_after_for(id);
+                    if keeping.sent_away(&ask.interest, now, told_now) {
                         self.count_refusal(BudgetRejection::WaitTimeout);
                     }
                     if ask.interest.is_wanted(now) {
@@ -506,6 +512,16 @@ impl Budget {
             }
             (_, false) => self.refuse(BudgetRejection::QueueFull, retry_after_secs),
         }
+    }
+
+    /// `Retry-After` for the callers of the queued call `id`, from its place in the schedule as
+    /// it is now; `None` once it has left the schedule.
+    pub(super) fn retry_after_for(&self, id: u64) -> Option<u64> {
+        let now = self.clock.now();
+        let mut locked = self.lock();
+        // Callers whose waits end within a window are about to be sent away too.
+        let position = locked.queue.position_of(id, now + self.config.window)?;
+        Some(self.retry_after_secs_at(&mut locked, now, position))
     }
 
     /// `Retry-After` for a newcomer of `priority`, from the schedule as it is now.

@@ -39,28 +39,30 @@ impl<T> FairQueue<T> {
     }
 
     pub(super) fn push(&mut self, key: QueueKey, id: u64, item: T) {
-        let queue = self.queues.entry(Arc::clone(&key)).or_default();
-        if queue.is_empty() {
-            self.turn.push_back(key);
-        }
-        queue.push_back((id, item));
+        self.queue_for(key).push_back((id, item));
         self.len += 1;
     }
 
-    /// The next waiter: the head of the caller whose turn it is.
     /// Queues `item` in its caller's queue by `id` (ids are handed out in arrival order), not at
     /// the back: for an entry that comes back from elsewhere and must keep the place its arrival
     /// gave it, whatever order the moves come in.
     pub(super) fn push_in_order(&mut self, key: QueueKey, id: u64, item: T) {
-        let queue = self.queues.entry(Arc::clone(&key)).or_default();
-        if queue.is_empty() {
-            self.turn.push_back(key);
-        }
+        let queue = self.queue_for(key);
         let at = queue.partition_point(|(queued, _)| *queued < id);
         queue.insert(at, (id, item));
         self.len += 1;
     }
 
+    /// The caller's queue, its turn taken if it had nobody waiting.
+    fn queue_for(&mut self, key: QueueKey) -> &mut VecDeque<(u64, T)> {
+        let queue = self.queues.entry(Arc::clone(&key)).or_default();
+        if queue.is_empty() {
+            self.turn.push_back(key);
+        }
+        queue
+    }
+
+    /// The next waiter: the head of the caller whose turn it is.
     pub(super) fn pop(&mut self) -> Option<T> {
         let key = self.turn.pop_front()?;
         let queue = self.queues.get_mut(&key)?;
@@ -75,6 +77,47 @@ impl<T> FairQueue<T> {
     }
 
     /// Takes a waiter out (it gave up); true if it was still here.
+    /// How many entries `pop` hands out before the one with `id`, if it is queued: those ahead
+    /// of it in its caller's queue, and as many of every other caller's as the turns give them
+    /// meanwhile (one more from a caller whose turn comes first).
+    pub(super) fn position_of(&self, id: u64) -> Option<usize> {
+        let (key, at) = self.queues.iter().find_map(|(key, queue)| {
+            queue
+                .iter()
+                .position(|(queued, _)| *queued == id)
+                .map(|at| (key, at))
+        })?;
+        let own_turn = self.turn.iter().position(|k| k == key).unwrap_or(0);
+        let others: usize = self
+            .turn
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| *k != key)
+            .map(|(turn, k)| {
+                let before_mine = usize::from(turn < own_turn);
+                self.len_of(k).min(at + before_mine)
+            })
+            .sum();
+        Some(at + others)
+    }
+
+    /// The queued entry `id`, if it is queued.
+    pub(super) fn find(&self, id: u64) -> Option<&T> {
+        self.queues
+            .values()
+            .find_map(|queue| queue.iter().find(|(queued, _)| *queued == id))
+            .map(|(_, item)| item)
+    }
+
+    /// How many queued entries (of any caller) `counted` picks.
+    pub(super) fn count(&self, counted: impl Fn(u64, &T) -> bool) -> usize {
+        self.queues
+            .values()
+            .flat_map(|queue| queue.iter())
+            .filter(|(id, item)| counted(*id, item))
+            .count()
+    }
+
     pub(super) fn remove(&mut self, id: u64) -> bool {
         self.take(id).is_some()
     }
@@ -170,6 +213,25 @@ mod tests {
         queue.push_in_order(key("b"), 3, 3);
         let order: Vec<u64> = std::iter::from_fn(|| queue.pop()).collect();
         assert_eq!(order, [1, 3, 2, 5, 7, 9]);
+    }
+
+    #[test]
+    fn an_entry_knows_how_many_go_before_it() {
+        let mut queue = FairQueue::default();
+        for id in 0..4 {
+            queue.push(key("noisy"), id, id);
+        }
+        queue.push(key("quiet"), 10, 10);
+        // noisy-0, quiet-10, noisy-1, noisy-2, noisy-3
+        let order: Vec<u64> = [0, 10, 1, 2, 3].into();
+        for (position, id) in order.iter().enumerate() {
+            assert_eq!(queue.position_of(*id), Some(position), "id {id}");
+        }
+        assert_eq!(queue.position_of(99), None);
+        assert_eq!(
+            std::iter::from_fn(|| queue.pop()).collect::<Vec<_>>(),
+            order
+        );
     }
 
     #[test]

@@ -89,6 +89,33 @@ impl<T> Schedule<T> {
         }
     }
 
+    /// How many calls go before the queued entry `id`, if it is still queued: for the
+    /// `Retry-After` of callers sent away, read from the schedule as it is when they are answered.
+    ///
+    /// A task whose callers are being sent away (its entry away, or blocked with its callers'
+    /// waits ending before `soon`) ends up behind every task still blocked then, but only the
+    /// tasks whose callers will still be waiting count as ahead of it: the rest of a burst whose
+    /// waits end together is sent away too, and queues behind it in arrival order.
+    pub(super) fn position_of(&self, id: u64, soon: Instant) -> Option<usize> {
+        if let Some(fetched_at) = self.refresh_keys.get(&id) {
+            return Some(self.unknown_len() + self.refresh.range(..(*fetched_at, id)).count());
+        }
+        let leaving = |entry: &Entry<T>| entry.interest.asked_until() <= soon;
+        let going_away =
+            self.away.position_of(id).is_some() || self.unknown.find(id).is_some_and(&leaving);
+        if !going_away {
+            return self
+                .unknown
+                .position_of(id)
+                .or_else(|| Some(self.unknown.len() + self.patient.position_of(id)?));
+        }
+        let blocked_ahead = self
+            .unknown
+            .count(|queued, entry| queued < id || !leaving(entry));
+        let away_ahead = self.away.count(|queued, _| queued < id);
+        Some(blocked_ahead + self.patient.len() + away_ahead)
+    }
+
     /// Queues an unknown task whose caller can wait: it goes behind the unknown tasks of callers
     /// who cannot until `urgent_at` (its caller's deadline less the time a call needs to be
     /// made), then joins them.
@@ -273,6 +300,12 @@ mod tests {
             "blocked",
         );
         assert_eq!(schedule.position_for(Priority::Unknown), 2);
+        let positions = [2, 6, 5, 1, 3, 4].map(|id| schedule.position_of(id, t0));
+        assert_eq!(
+            positions,
+            [0, 1, 2, 3, 4, 5].map(Some),
+            "each knows its place"
+        );
         // Behind the tasks whose callers are blocked or patient, in arrival order, still before
         // every refresh; and never promoted by time.
         let later = t0 + Duration::from_secs(20);
@@ -287,6 +320,31 @@ mod tests {
                 "refresh"
             ]
         );
+    }
+
+    #[test]
+    fn a_burst_sent_away_together_is_told_its_places_in_arrival_order() {
+        let t0 = Instant::now();
+        let leaving = wanted_until(t0 + Duration::from_millis(10));
+        let staying = wanted_until(t0 + Duration::from_secs(2));
+        let mut schedule = Schedule::default();
+        for id in 1..=4 {
+            schedule.push(
+                key("a"),
+                id,
+                Priority::Unknown,
+                Arc::clone(&leaving),
+                "burst",
+            );
+        }
+        // A new task whose caller has just come and waits on.
+        schedule.push(key("a"), 5, Priority::Unknown, staying, "new");
+        // The callers of 1-4 are being sent away together, 3 and 1 first.
+        assert!(schedule.send_away(3) && schedule.send_away(1));
+        let soon = t0 + Duration::from_secs(1);
+        // Each behind the new task and the burst's earlier arrivals, wherever it is this moment.
+        let positions = [1, 2, 3, 4].map(|id| schedule.position_of(id, soon));
+        assert_eq!(positions, [1, 2, 3, 4].map(Some));
     }
 
     #[test]

@@ -87,12 +87,12 @@ impl Attempts {
             }
             let permit = self
                 .budget
-                .acquire(ask, |queued| {
+                .acquire(ask, |queued, place| {
                     waiting.set("taskgate.budget.queued", true);
                     let error = ApiError::BudgetExhausted {
                         retry_after_secs: queued.retry_after_secs,
                     };
-                    leader.setback(error, self.clock.now())
+                    leader.queued(error, self.clock.now(), place)
                 })
                 .await
                 .map_err(|refusal| {

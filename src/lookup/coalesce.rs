@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::answer::Answer;
-use crate::budget::Interest;
+use crate::budget::{Interest, Place};
 use crate::error::ApiError;
 use crate::support::{lock, retry_after_left, Clock};
 use crate::task::FlowId;
@@ -53,9 +53,11 @@ pub(crate) struct Fetched {
 /// What a fetch has come to so far.
 #[derive(Debug, Clone)]
 pub(super) enum Progress {
-    /// Under way; with the latest setback and when it happened.
+    /// Under way; with the latest setback and when it happened, and while the fetch waits for
+    /// budget, its place in the schedule (what a caller answered then is told to wait).
     Pending {
         setback: Option<(ApiError, Instant)>,
+        place: Option<Place>,
     },
     Done(Result<Fetched, ApiError>),
 }
@@ -69,18 +71,28 @@ pub(crate) struct Leader {
 }
 
 impl Leader {
-    /// The fetch met a setback at `now`: queued for budget, throttled, or an attempt failed.
+    /// The fetch met a setback at `now`: throttled, or an attempt failed.
     pub(crate) fn setback(&self, error: ApiError, now: Instant) {
         self.sender.send_replace(Progress::Pending {
             setback: Some((error, now)),
+            place: None,
+        });
+    }
+
+    /// The fetch queued for budget at `now`, told `error` (its `Retry-After`), waiting at `place`.
+    pub(crate) fn queued(&self, error: ApiError, now: Instant, place: Place) {
+        self.sender.send_replace(Progress::Pending {
+            setback: Some((error, now)),
+            place: Some(place),
         });
     }
 
     /// The setback is over (a slot was granted): the fetch is calling the upstream.
     pub(crate) fn resumed(&self) {
         self.sender.send_if_modified(|progress| match progress {
-            Progress::Pending { setback } if setback.is_some() => {
+            Progress::Pending { setback, place } if setback.is_some() => {
                 *setback = None;
+                *place = None;
                 true
             }
             _ => false,
@@ -134,7 +146,10 @@ impl Coalescer {
             fetch.interest.extend(wanted_until);
             return Role::Follower(fetch.receiver.clone());
         }
-        let (sender, receiver) = watch::channel(Progress::Pending { setback: None });
+        let (sender, receiver) = watch::channel(Progress::Pending {
+            setback: None,
+            place: None,
+        });
         let interest = Arc::new(Interest::until(wanted_until));
         fetches.insert(
             flow_id,
@@ -190,9 +205,9 @@ pub(super) async fn wait_for(
         let now = clock.now();
         let wake = {
             let progress = receiver.borrow_and_update();
-            let setback = match &*progress {
+            let (setback, place) = match &*progress {
                 Progress::Done(result) => return result.clone(),
-                Progress::Pending { setback } => setback.clone(),
+                Progress::Pending { setback, place } => (setback.clone(), place.clone()),
             };
             match (patience, setback) {
                 (Patience::UntilSetback { .. }, Some((error, _))) => return Err(error),
@@ -201,10 +216,13 @@ pub(super) async fn wait_for(
                     Some((ApiError::BudgetExhausted { retry_after_secs }, since)),
                 ) => {
                     if now >= budget_until.min(deadline) {
+                        // From where the call stands now; else what is left of what was told.
                         let waited = now.saturating_duration_since(since);
-                        return Err(ApiError::BudgetExhausted {
-                            retry_after_secs: retry_after_left(retry_after_secs, waited),
-                        });
+                        let retry_after_secs = place
+                            .as_ref()
+                            .and_then(Place::retry_after_secs)
+                            .unwrap_or_else(|| retry_after_left(retry_after_secs, waited));
+                        return Err(ApiError::BudgetExhausted { retry_after_secs });
                     }
                     budget_until.min(deadline)
                 }

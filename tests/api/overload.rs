@@ -371,3 +371,52 @@ async fn callers_sent_away_are_told_to_come_back_in_the_order_their_calls_are_ma
     );
     assert_eq!(app.fake.call_count(), tasks.count(), "one call per task");
 }
+
+#[actix_rt::test]
+async fn a_caller_told_too_early_is_told_again_from_where_its_call_stands() {
+    // 40 new tasks at once behind 5 calls/s, callers who give up after 1 s, an upstream that
+    // takes 900 ms to answer: a round of 5 slots comes every 1.9 s, not the 1 s the first
+    // estimate (made before any answer) counts on, so the first Retry-After told is early. When
+    // a caller comes back too early and is sent away again, it is told from where its call
+    // stands then, not "1 s" again and again until its turn comes.
+    let app = spawn_app_with(
+        FakeUpstream::start(),
+        &["--rate-limit", RATE, "--max-queue-wait", "1s"],
+    )
+    .await;
+    app.fake.default_reply(Reply::Delay(
+        Duration::from_millis(900),
+        Box::new(Reply::Task(0)),
+    ));
+    let tasks = 73_000..73_040;
+    let refusals = join_all(tasks.clone().map(|id| {
+        let app = &app;
+        async move {
+            // The caller does as it is told, until its first answer.
+            let mut refused = 0;
+            loop {
+                let answer = app.task(id).await;
+                match answer.status {
+                    200 => return refused,
+                    503 => {
+                        refused += 1;
+                        let secs: u64 = answer.header("retry-after").unwrap().parse().unwrap();
+                        tokio::time::sleep(Duration::from_secs(secs)).await;
+                    }
+                    other => panic!("answered {other}"),
+                }
+            }
+        }
+    }))
+    .await;
+    // The last calls come 8 rounds of 1.9 s after the first: told "1 s" each time, their
+    // callers would be refused 6 times or more.
+    let most = refusals.iter().max().copied().unwrap_or(0);
+    assert!(most <= 3, "refused at most 3 times each: {refusals:?}");
+    let total: usize = refusals.iter().sum();
+    assert!(
+        total < 2 * refusals.len(),
+        "fewer than 2 refusals a caller on average: {refusals:?}"
+    );
+    assert_eq!(app.fake.call_count(), tasks.count(), "one call per task");
+}
