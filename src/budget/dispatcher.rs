@@ -27,6 +27,9 @@ use crate::support::{lock, retry_after_left, Clock};
 use crate::task::CallerName;
 use crate::telemetry::{BudgetRejection, Metrics, ScheduleClass};
 
+/// How many times its estimated wait a task nothing is known about may wait for its slot.
+const UNKNOWN_WAIT_SAFETY: u32 = 2;
+
 /// Why no slot was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Refusal {
@@ -289,16 +292,21 @@ impl Budget {
     /// sent away and its call keeps its place: behind every unknown task queued now (waiting or
     /// kept), or behind `fetches_ahead` when more fetches are under way than have queued yet (a
     /// burst of new tasks is registered before its calls reach the schedule), at the rate this
-    /// replica can expect.
+    /// replica can expect, twice over. It bounds the fetch: a bound too short cuts a kept call
+    /// before it is made (its callers, back as told, get 504), and the rate estimated at a
+    /// burst's first instant can be far off (a replica alone in the lease table until the others
+    /// renew expects 20/s and gets 6.67); a bound too long costs nothing, as a call nobody wants
+    /// any more leaves the schedule anyway.
     pub(crate) fn unknown_wait_ahead(&self, fetches_ahead: usize) -> Duration {
         let now = self.clock.now();
         let cap = self.expected_cap(now);
         let mut locked = self.lock();
         let position = locked.queue.unknown_len().max(fetches_ahead);
-        locked
+        let wait = locked
             .state
             .estimate_slot_at(now, position, cap)
-            .saturating_duration_since(now)
+            .saturating_duration_since(now);
+        wait * UNKNOWN_WAIT_SAFETY
     }
 
     /// The rate `Retry-After` is estimated at: in shared mode the rate this replica can expect.

@@ -92,15 +92,18 @@ impl LeaseKeeper {
         self.renew_now.notify_one();
     }
 
-    /// Calls per second this replica can expect to spend soon, for `Retry-After`: its lease, or
-    /// its fair share of the shared limit when that is more (a lease follows demand, so a small
-    /// one grows as calls wait). The share is a fraction (20/s over 3 replicas is 6.67/s): the
-    /// even split hands its remainder to the replica that wants the most, so over a queue's
-    /// worth of waiting each replica spends its exact share in leases of 6 and 7.
+    /// Calls per second this replica can expect to spend over a queue's worth of waiting, for
+    /// `Retry-After`: what the split gives it once every replica has acknowledged it (not the
+    /// lease of the moment: the first replica to renew holds the whole limit until the others
+    /// report), and while that is within the fair share among the replicas that want capacity,
+    /// that share itself (the even split hands its remainder to the replica that wants the
+    /// most, so three busy replicas spend 6.67/s each in leases of 6 and 7). Before the first
+    /// grant, the lease in hand (none).
     pub(crate) fn expected_rate(&self, now: Instant) -> f64 {
+        // The cap first: it takes the same lock.
         let cap = f64::from(self.cap(now, false));
         lock(&self.grant).as_ref().map_or(cap, |grant| {
-            cap.max(f64::from(grant.shared_limit) / f64::from(grant.replicas.max(1)))
+            expected_share(grant.fair, grant.shared_limit, grant.wanting)
         })
     }
 
@@ -223,5 +226,38 @@ impl LeaseKeeper {
         self.leases
             .leave(&self.redis, held, held_for, self.clock.now())
             .await;
+    }
+}
+
+/// The rate a replica due `fair` can expect over a queue's worth of waiting, when `wanting`
+/// replicas (this one counted) share `shared_limit`: the even share while `fair` is within it,
+/// else `fair`.
+fn expected_share(fair: u32, shared_limit: u32, wanting: u32) -> f64 {
+    let share = f64::from(shared_limit) / f64::from(wanting.max(1));
+    if f64::from(fair) <= share.ceil() {
+        share
+    } else {
+        f64::from(fair)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_expects_its_fair_share_or_its_lease_when_that_is_more() {
+        let third = 20.0 / 3.0;
+        // Three busy replicas in leases of 7, 7 and 6: each 6.67/s over time.
+        assert_eq!(expected_share(7, 20, 3), third);
+        assert_eq!(expected_share(6, 20, 3), third);
+        // Due less than the share (the others want more, and the split is not even yet).
+        assert_eq!(expected_share(1, 20, 3), third);
+        // The others want little: it is due more.
+        assert_eq!(expected_share(16, 20, 3), 16.0);
+        // Alone in wanting: the whole limit.
+        assert_eq!(expected_share(20, 20, 1), 20.0);
+        // Throttled to 10 for everyone.
+        assert_eq!(expected_share(4, 10, 3), 10.0 / 3.0);
     }
 }

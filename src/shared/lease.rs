@@ -154,7 +154,8 @@ for i = 1, #ids do
 end
 if want > 0 and spare > 0 then extra = even(spare, active, wants_all)[1] end
 
-local grant = math.max(0, math.min(first[1] + second[1] + extra, eff - others))
+local fair = first[1] + second[1] + extra
+local grant = math.max(0, math.min(fair, eff - others))
 if now < born + hold_off_ms then
   -- A new epoch: hand out nothing new until the replicas that held leases have said so.
   grant = math.min(grant, cur)
@@ -169,7 +170,11 @@ redis.call('PEXPIRE', key, 2 * (lease_ms + safe_ms + tail_ms) + 60000)
 -- is theirs first. (This replica's own unknown tasks go before its refreshes in its schedule.)
 local for_refreshes = grant
 if unknown_elsewhere then for_refreshes = math.max(0, grant - first[1]) end
-return {grant, lease_ms, safe, lease_ms + safe_ms, for_refreshes, eff, epoch, #ids}
+-- What this replica is due once every other has acknowledged the split (the grant may be less
+-- until then), and how many replicas want capacity, this one counted: for its estimates.
+local wanting = #active
+if want == 0 then wanting = wanting + 1 end
+return {grant, lease_ms, safe, lease_ms + safe_ms, for_refreshes, eff, epoch, #ids, fair, wanting}
 "#;
 
 /// How long leases last and how they are counted.
@@ -231,6 +236,11 @@ pub(crate) struct Grant {
     pub epoch: String,
     /// Replicas holding a lease, this one included.
     pub replicas: u32,
+    /// What the split gives this replica once every other has acknowledged it (the grant may
+    /// be less until then, or more while others give theirs back).
+    pub fair: u32,
+    /// Replicas that want capacity, this one counted whether it does or not.
+    pub wanting: u32,
 }
 
 impl Grant {
@@ -336,11 +346,21 @@ impl Leases {
             .arg(if demand.throttled { "1" } else { "0" })
             .arg(leaving.map_or_else(String::new, |held_for| millis(held_for).to_string()))
             .arg(millis(terms.window));
-        type Reply = (u32, u64, u32, u64, u32, u32, String, u32);
-        let (rate, lease_ms, safe, safe_ms, for_refreshes, shared_limit, epoch, replicas): Reply =
-            redis
-                .run(async move { invocation.invoke_async(&mut conn).await })
-                .await?;
+        type Reply = (u32, u64, u32, u64, u32, u32, String, u32, u32, u32);
+        let (
+            rate,
+            lease_ms,
+            safe,
+            safe_ms,
+            for_refreshes,
+            shared_limit,
+            epoch,
+            replicas,
+            fair,
+            wanting,
+        ): Reply = redis
+            .run(async move { invocation.invoke_async(&mut conn).await })
+            .await?;
         let until = |ms: u64| {
             (sent + Duration::from_millis(ms))
                 .checked_sub(terms.local_margin)
@@ -355,6 +375,8 @@ impl Leases {
             shared_limit,
             epoch,
             replicas,
+            fair,
+            wanting,
         })
     }
 }
@@ -377,6 +399,8 @@ mod tests {
             shared_limit: 20,
             epoch: "1-a".into(),
             replicas: 3,
+            fair: 7,
+            wanting: 3,
         }
     }
 
