@@ -10,7 +10,6 @@
 //! replica holds (`lease_keeper`), so a slot never waits on a Redis round trip.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
@@ -26,9 +25,6 @@ use crate::shared::{Demand, LeaseTerms, Redis};
 use crate::support::{lock, retry_after_left, Clock};
 use crate::task::CallerName;
 use crate::telemetry::{BudgetRejection, Metrics, ScheduleClass};
-
-/// How many times its estimated wait a task nothing is known about may wait for its slot.
-const UNKNOWN_WAIT_SAFETY: u32 = 2;
 
 /// Why no slot was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,14 +45,14 @@ pub(crate) struct SlotAsk {
     pub deadline: Instant,
 }
 
-struct Waiter {
+pub(super) struct Waiter {
     grant: oneshot::Sender<Permit>,
 }
 
 /// What the lock guards: the window and the schedule, always changed together.
-struct WindowAndQueue {
-    state: BudgetState,
-    queue: Schedule<Waiter>,
+pub(super) struct WindowAndQueue {
+    pub(super) state: BudgetState,
+    pub(super) queue: Schedule<Waiter>,
     next_waiter_id: u64,
 }
 
@@ -71,10 +67,10 @@ enum Take {
 pub(crate) struct Budget {
     locked: Mutex<WindowAndQueue>,
     wake: Arc<Notify>,
-    config: BudgetConfig,
+    pub(super) config: BudgetConfig,
     /// In shared mode, the lease that caps the window.
-    lease: Option<Arc<LeaseKeeper>>,
-    clock: Arc<dyn Clock>,
+    pub(super) lease: Option<Arc<LeaseKeeper>>,
+    pub(super) clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 }
 
@@ -160,7 +156,7 @@ impl Budget {
         budget
     }
 
-    fn lock(&self) -> MutexGuard<'_, WindowAndQueue> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, WindowAndQueue> {
         lock(&self.locked)
     }
 
@@ -286,45 +282,6 @@ impl Budget {
         let local = locked.state.effective_limit(now);
         let shared = self.lease.as_ref().and_then(|lease| lease.shared_limit());
         shared.map_or(local, |shared| shared.min(local))
-    }
-
-    /// How long a task nothing is known about may wait for its slot from now if its callers are
-    /// sent away and its call keeps its place: behind every unknown task queued now (waiting or
-    /// kept), or behind `fetches_ahead` when more fetches are under way than have queued yet (a
-    /// burst of new tasks is registered before its calls reach the schedule), at the rate this
-    /// replica can expect, twice over. It bounds the fetch: a bound too short cuts a kept call
-    /// before it is made (its callers, back as told, get 504), and the rate estimated at a
-    /// burst's first instant can be far off (a replica alone in the lease table until the others
-    /// renew expects 20/s and gets 6.67); a bound too long costs nothing, as a call nobody wants
-    /// any more leaves the schedule anyway.
-    pub(crate) fn unknown_wait_ahead(&self, fetches_ahead: usize) -> Duration {
-        let now = self.clock.now();
-        let cap = self.expected_cap(now);
-        let mut locked = self.lock();
-        let position = locked.queue.unknown_len().max(fetches_ahead);
-        let wait = locked
-            .state
-            .estimate_slot_at(now, position, cap)
-            .saturating_duration_since(now);
-        wait * UNKNOWN_WAIT_SAFETY
-    }
-
-    /// The rate `Retry-After` is estimated at: in shared mode the rate this replica can expect.
-    fn expected_cap(&self, now: Instant) -> Option<f64> {
-        self.lease
-            .as_ref()
-            .map(|lease| lease.expected_rate(now).max(1.0))
-    }
-
-    /// `Retry-After` for a newcomer at `position` in the queue.
-    fn retry_after_secs_at(
-        &self,
-        locked: &mut WindowAndQueue,
-        now: Instant,
-        position: usize,
-    ) -> u64 {
-        let cap = self.expected_cap(now);
-        locked.state.retry_after_secs(now, position, cap)
     }
 
     /// Waits for a slot in the schedule for as long as anyone wants the call (and at most until
@@ -520,24 +477,6 @@ impl Budget {
             }
             (_, false) => self.refuse(BudgetRejection::QueueFull, retry_after_secs),
         }
-    }
-
-    /// `Retry-After` for the callers of the queued call `id`, from its place in the schedule as
-    /// it is now; `None` once it has left the schedule.
-    pub(super) fn retry_after_for(&self, id: u64) -> Option<u64> {
-        let now = self.clock.now();
-        let mut locked = self.lock();
-        // Callers whose waits end within a window are about to be sent away too.
-        let position = locked.queue.position_of(id, now + self.config.window)?;
-        Some(self.retry_after_secs_at(&mut locked, now, position))
-    }
-
-    /// `Retry-After` for a newcomer of `priority`, from the schedule as it is now.
-    pub(crate) fn retry_after_secs(&self, priority: Priority) -> u64 {
-        let now = self.clock.now();
-        let mut locked = self.lock();
-        let position = locked.queue.position_for(priority);
-        self.retry_after_secs_at(&mut locked, now, position)
     }
 
     fn refuse(&self, reason: BudgetRejection, retry_after_secs: u64) -> Refusal {

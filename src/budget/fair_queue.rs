@@ -81,12 +81,7 @@ impl<T> FairQueue<T> {
     /// of it in its caller's queue, and as many of every other caller's as the turns give them
     /// meanwhile (one more from a caller whose turn comes first).
     pub(super) fn position_of(&self, id: u64) -> Option<usize> {
-        let (key, at) = self.queues.iter().find_map(|(key, queue)| {
-            queue
-                .iter()
-                .position(|(queued, _)| *queued == id)
-                .map(|at| (key, at))
-        })?;
+        let (key, at) = self.locate(id)?;
         let own_turn = self.turn.iter().position(|k| k == key).unwrap_or(0);
         let others: usize = self
             .turn
@@ -103,10 +98,18 @@ impl<T> FairQueue<T> {
 
     /// The queued entry `id`, if it is queued.
     pub(super) fn find(&self, id: u64) -> Option<&T> {
-        self.queues
-            .values()
-            .find_map(|queue| queue.iter().find(|(queued, _)| *queued == id))
-            .map(|(_, item)| item)
+        let (key, at) = self.locate(id)?;
+        self.queues.get(key)?.get(at).map(|(_, item)| item)
+    }
+
+    /// Whose queue holds the entry `id`, and where in it.
+    fn locate(&self, id: u64) -> Option<(&QueueKey, usize)> {
+        self.queues.iter().find_map(|(key, queue)| {
+            queue
+                .iter()
+                .position(|(queued, _)| *queued == id)
+                .map(|at| (key, at))
+        })
     }
 
     /// How many queued entries (of any caller) `counted` picks.
@@ -124,11 +127,7 @@ impl<T> FairQueue<T> {
 
     /// Takes a waiter out by id, with whose it was.
     pub(super) fn take(&mut self, id: u64) -> Option<(QueueKey, T)> {
-        let (key, at) = self.queues.iter().find_map(|(k, q)| {
-            q.iter()
-                .position(|(i, _)| *i == id)
-                .map(|at| (Arc::clone(k), at))
-        })?;
+        let (key, at) = self.locate(id).map(|(key, at)| (Arc::clone(key), at))?;
         let queue = self.queues.get_mut(&key).expect("found above");
         let (_, item) = queue.remove(at).expect("found above");
         if queue.is_empty() {

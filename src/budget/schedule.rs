@@ -102,7 +102,7 @@ impl<T> Schedule<T> {
         }
         let leaving = |entry: &Entry<T>| entry.interest.asked_until() <= soon;
         let going_away =
-            self.away.position_of(id).is_some() || self.unknown.find(id).is_some_and(&leaving);
+            self.away.find(id).is_some() || self.unknown.find(id).is_some_and(&leaving);
         if !going_away {
             return self
                 .unknown

@@ -34,6 +34,15 @@ async fn overloaded(extra: &[&str]) -> TestApp {
     app
 }
 
+/// A gateway at 5 calls/s whose callers wait for budget 1 s at most, then are sent away.
+async fn callers_who_give_up_after_a_second() -> TestApp {
+    spawn_app_with(
+        FakeUpstream::start(),
+        &["--rate-limit", RATE, "--max-queue-wait", "1s"],
+    )
+    .await
+}
+
 #[actix_rt::test]
 async fn a_known_task_is_answered_at_once_with_its_true_age_never_refused() {
     let app = overloaded(&[]).await;
@@ -272,11 +281,7 @@ async fn a_task_whose_caller_was_sent_away_is_fetched_while_it_waits_out_retry_a
     // 20 new tasks at once behind 5 calls/s, callers who give up after 1 s: most are sent away
     // with a Retry-After. Their calls keep their places, so when each comes back as told its
     // answer is there (or its call is being made), and no task costs a second call.
-    let app = spawn_app_with(
-        FakeUpstream::start(),
-        &["--rate-limit", RATE, "--max-queue-wait", "1s"],
-    )
-    .await;
+    let app = callers_who_give_up_after_a_second().await;
     let tasks = 71_000..71_020;
     let first = join_all(tasks.clone().map(|id| app.task(id))).await;
     let sent_away: Vec<(i64, u64)> = tasks
@@ -333,11 +338,7 @@ async fn callers_sent_away_are_told_to_come_back_in_the_order_their_calls_are_ma
     // told when its call's place comes. The calls keep the places their arrival gave them (not
     // the order in which the callers' waits happened to end), so the later a task is called
     // the later its caller was asked back.
-    let app = spawn_app_with(
-        FakeUpstream::start(),
-        &["--rate-limit", RATE, "--max-queue-wait", "1s"],
-    )
-    .await;
+    let app = callers_who_give_up_after_a_second().await;
     let tasks = 72_000..72_040;
     let started = Instant::now();
     let first = join_all(tasks.clone().map(|id| {
@@ -392,11 +393,7 @@ async fn a_caller_told_too_early_is_told_again_from_where_its_call_stands() {
     // estimate (made before any answer) counts on, so the first Retry-After told is early. When
     // a caller comes back too early and is sent away again, it is told from where its call
     // stands then, not "1 s" again and again until its turn comes.
-    let app = spawn_app_with(
-        FakeUpstream::start(),
-        &["--rate-limit", RATE, "--max-queue-wait", "1s"],
-    )
-    .await;
+    let app = callers_who_give_up_after_a_second().await;
     app.fake.default_reply(Reply::Delay(
         Duration::from_millis(900),
         Box::new(Reply::Task(0)),
