@@ -6,7 +6,9 @@
 //! server's clock (`TIME`, as every script here). The renewal script:
 //! - divides the limit by max-min fair share of the wants, first the calls for tasks nothing is
 //!   known about, then refreshes, and what nobody wants equally among the replicas that want
-//!   anything (headroom for bursts; an idle replica holds nothing);
+//!   anything (headroom for bursts; an idle replica holds nothing); a part beyond the even share
+//!   of the replicas renewing at most doubles the cap the replica applies, so replicas that turn
+//!   busy together start even;
 //! - grants a replica at most what no other replica may still be spending: every other record
 //!   counts as the most it may spend now (its grant, the cap it said it still applies, the slots it
 //!   said it still holds; after its lease, its safe share), so the sum of what every replica may
@@ -155,6 +157,13 @@ end
 if want > 0 and spare > 0 then extra = even(spare, active, wants_all)[1] end
 
 local fair = first[1] + second[1] + extra
+-- Beyond the even share of the replicas renewing, a part grows from the cap the replica applies,
+-- at most doubling per renewal: when every replica turns busy at once (a release behind a load
+-- balancer), the first to renew would otherwise take the whole limit, which the others then find
+-- held for a window, and the split would spend the next twenty seconds evening the backlogs out.
+-- A replica busy alone still has the whole limit within a few renewals (50 ms apart while it
+-- wants more).
+fair = math.min(fair, math.max(math.ceil(eff / #ids), 2 * cur))
 local grant = math.max(0, math.min(fair, eff - others))
 if now < born + hold_off_ms then
   -- A new epoch: hand out nothing new until the replicas that held leases have said so.

@@ -309,3 +309,49 @@ async fn a_replica_that_stops_gives_its_lease_back() {
     })
     .await;
 }
+
+#[actix_rt::test]
+async fn a_replica_that_turns_busy_beside_idle_ones_grows_its_part_from_an_even_share() {
+    let Some(redis) = RedisServer::start_or_skip(
+        "a_replica_that_turns_busy_beside_idle_ones_grows_its_part_from_an_even_share",
+    ) else {
+        return;
+    };
+    let fake = FakeUpstream::start();
+    let prefix = prefix();
+    let replicas: Vec<Process> = (0..3)
+        .map(|_| replica(&fake, &redis.url(), &prefix))
+        .collect();
+    for process in &replicas {
+        until_mode(&process.base(), &["shared"]).await;
+    }
+
+    // Behind a load balancer the others' demand arrives a moment later, after this replica's
+    // first renewal: taking the whole limit then would hold it for a window against them.
+    let start = Instant::now();
+    let end = start + Duration::from_secs(2);
+    saturate(0, replicas[0].base(), 30, end);
+    actix_rt::time::sleep_until(end).await;
+
+    assert!(fake.max_calls_in_any_second() <= LIMIT);
+    let first_call = fake
+        .calls()
+        .iter()
+        .filter(|c| c.flow_id.is_some_and(|id| ids_of(0).contains(&id)))
+        .map(|c| c.at)
+        .min()
+        .expect("the busy replica made calls");
+    // Its next renewal comes at least 50 ms after the first: what it sends at once is its first
+    // part, an even share of the three replicas renewing (7 of 20).
+    let at_once = calls_of(&fake, 0, first_call, first_call + Duration::from_millis(20));
+    assert!(
+        at_once <= LIMIT.div_ceil(3),
+        "the first part was an even share: {at_once} calls at once"
+    );
+    // Alone in wanting, it has the whole limit within its first second.
+    let first_second = calls_of(&fake, 0, start, start + Duration::from_secs(1));
+    assert!(
+        first_second >= LIMIT - 1,
+        "the busy replica grew to the whole limit: {first_second} calls in its first second"
+    );
+}
