@@ -12,6 +12,9 @@ use super::interest::Priority;
 /// How many times its estimated wait a task nothing is known about may wait for its slot.
 const UNKNOWN_WAIT_SAFETY: u32 = 2;
 
+/// The least time left for a call between the end of a caller's wait for budget and its deadline.
+const ANSWER_ALLOWANCE_FLOOR: Duration = Duration::from_millis(100);
+
 impl Budget {
     /// How long a task nothing is known about may wait for its slot from now if its callers are
     /// sent away and its call keeps its place: behind every unknown task queued now (waiting or
@@ -32,6 +35,16 @@ impl Budget {
             .estimate_slot_at(now, position, cap)
             .saturating_duration_since(now);
         wait * UNKNOWN_WAIT_SAFETY
+    }
+
+    /// How long before a caller's deadline its wait for budget ends, so that a call whose slot
+    /// comes at the end of the wait is answered in time: twice the usual answer time, at least
+    /// 100 ms. Without it, a long poll whose wait is its whole timeout and whose call went out in
+    /// the last moment was answered 504 while the answer was on its way (1-10 of 1 000 at
+    /// N = 1000 with three replicas), where a caller still queued is told when to come back.
+    pub(crate) fn answer_allowance(&self) -> Duration {
+        let usual = self.lock().state.usual_answer_time();
+        (usual * 2).max(ANSWER_ALLOWANCE_FLOOR)
     }
 
     /// The rate `Retry-After` is estimated at: in shared mode the rate this replica can expect.

@@ -72,6 +72,11 @@ impl BudgetState {
         }
     }
 
+    /// The usual time from a call's send to its answer (smoothed; at least the margin).
+    pub(super) fn usual_answer_time(&self) -> Duration {
+        self.hold
+    }
+
     /// Slots counted now: calls in flight plus answered calls still inside their window.
     pub(super) fn used(&mut self, now: Instant) -> usize {
         self.purge(now);

@@ -133,14 +133,21 @@ impl LookupService {
                     deadline: context.deadline,
                 },
             },
-            None => Ask {
-                priority: Priority::Unknown,
-                wanted_until: context.budget_wait_until,
-                patience: Patience::UntilDone {
-                    budget_until: context.budget_wait_until,
-                    deadline: context.deadline,
-                },
-            },
+            // Unknown: the caller waits for budget, until its call could still be answered
+            // before its deadline (then it is told when to come back, and the call keeps its
+            // place), and for the answer until its deadline.
+            None => {
+                let allowance = inner.fetcher.attempts.budget.answer_allowance();
+                let last_grant = context.deadline.checked_sub(allowance).unwrap_or(now);
+                Ask {
+                    priority: Priority::Unknown,
+                    wanted_until: context.budget_wait_until,
+                    patience: Patience::UntilDone {
+                        budget_until: context.budget_wait_until.min(last_grant),
+                        deadline: context.deadline,
+                    },
+                }
+            }
         };
         let (result, role) = self.fetch_or_join(client, flow_id, now, context, ask).await;
         let result = match (result, known) {

@@ -163,3 +163,45 @@ async fn persistent_throttling_is_retried_a_few_times_then_answered_with_the_bac
         "within a few seconds: {span:?}"
     );
 }
+
+#[actix_rt::test]
+async fn a_caller_whose_slot_would_come_too_late_for_its_deadline_is_told_when_to_come_back() {
+    let app = spawn_app_with(
+        FakeUpstream::start(),
+        &["--rate-limit", "1", "--max-queue-wait", "5s"],
+    )
+    .await;
+    let slow = || Reply::Delay(Duration::from_secs(1), Box::new(Reply::Task(0)));
+    app.fake.script(50_001, slow());
+    app.fake.script(50_002, slow());
+    // The one slot is held until a window after this answer (about 2 s from now), and the gateway
+    // has learnt that answers take about a second.
+    assert_eq!(app.task(50_001).await.status, 200);
+
+    // This caller's deadline comes just after the slot frees: a call made then would be answered
+    // a second too late. Its wait for budget ends in time to tell it when to come back (503),
+    // where it used to be granted the slot at the last moment and time out (504) while its call
+    // was in flight.
+    let request = app
+        .client
+        .get(format!("{}/tasks/50002", app.base))
+        .insert_header(("X-Request-Timeout", "1050ms"));
+    let answer = app.request(request).await;
+    assert_eq!(
+        answer.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(
+        answer.json()["type"],
+        "urn:taskgate:problem:budget-exhausted"
+    );
+    let retry_after: u64 = answer.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=3).contains(&retry_after), "retry-after {retry_after}");
+    // Its call keeps its place and is made when the slot frees.
+    app.fake
+        .until_calls("the kept call", |calls| calls.len() >= 2)
+        .await;
+    assert_eq!(app.fake.calls_for(50_002), 1);
+}
