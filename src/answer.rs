@@ -130,7 +130,7 @@ impl Answer {
         (self.fetched_at + self.ttl + self.stale_for).saturating_duration_since(now)
     }
 
-    /// Seconds since the upstream answered, for the `Age` header.
+    /// Seconds since the call that fetched it was sent, for the `Age` header.
     pub fn age_secs(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.fetched_at).as_secs()
     }

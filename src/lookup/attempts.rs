@@ -108,7 +108,11 @@ impl Attempts {
             if retry > 0 {
                 self.metrics.upstream_retries.inc();
             }
-            self.resilience.record_call(self.clock.now());
+            // What the upstream says is true as of the request, not of its answer: the answer's
+            // age counts from the send (as HTTP's corrected age counts from the request time),
+            // so a caller polling at the processing interval finds it due at its next poll.
+            let sent = self.clock.now();
+            self.resilience.record_call(sent);
             let result = self
                 .call_upstream(client, flow_id, context.trace_id.as_deref(), retry + 1)
                 .await;
@@ -162,14 +166,14 @@ impl Attempts {
                     let (ttl, stale_for) = if task.status.is_final() {
                         (self.policy.final_ttl, Duration::ZERO)
                     } else {
-                        (self.policy.processing_ttl, self.policy.stale_if_error)
+                        (self.policy.processing_reuse(), self.policy.stale_if_error)
                     };
-                    return Ok(Answer::from_task(&task, now, ttl, stale_for));
+                    return Ok(Answer::from_task(&task, sent, ttl, stale_for));
                 }
                 Err(error) if error.family() == Some(ErrorFamily::NotFound) => {
                     self.resilience.succeeded();
                     let ttl = self.policy.not_found_ttl;
-                    return Ok(Answer::not_found(&ApiError::Upstream(error), now, ttl));
+                    return Ok(Answer::not_found(&ApiError::Upstream(error), sent, ttl));
                 }
                 // The handshake was refused: no answer from the upstream at all, so it neither
                 // closes nor opens the breaker; and retrying cannot change it.

@@ -105,11 +105,22 @@ pub struct CachePolicy {
     pub stale_if_error: Duration,
 }
 
+/// A processing answer is due again in the last this-many-th of its interval.
+const PROCESSING_DUE_EARLY: u32 = 20;
+
 impl CachePolicy {
+    /// How long a processing answer is reused: its interval less a twentieth. A caller polling
+    /// at the interval asks a moment before or after it has passed (a timer, a sleep after each
+    /// answer); reused for exactly the interval, its answer would be refreshed only at every
+    /// other poll and a completion seen up to two intervals late.
+    pub fn processing_reuse(&self) -> Duration {
+        self.processing_ttl - self.processing_ttl / PROCESSING_DUE_EARLY
+    }
+
     pub fn ttl(&self, kind: AnswerKind) -> Duration {
         match kind {
             AnswerKind::Final => self.final_ttl,
-            AnswerKind::Processing => self.processing_ttl,
+            AnswerKind::Processing => self.processing_reuse(),
             AnswerKind::NotFound => self.not_found_ttl,
         }
     }

@@ -47,6 +47,35 @@ async fn a_herd_on_one_slow_task_costs_one_call_then_none() {
 }
 
 #[actix_rt::test]
+async fn a_caller_polling_at_the_processing_interval_gets_a_fresh_status_at_every_poll() {
+    let app = spawn_app().await;
+    // A task that stays processing, from an upstream that takes 200 ms to answer.
+    app.fake.script(
+        3,
+        Reply::Delay(Duration::from_millis(200), Box::new(Reply::Task(0))),
+    );
+
+    // Polling by a timer at the processing interval (1 s), as a client's ticker does.
+    let start = tokio::time::Instant::now();
+    let mut served = Vec::new();
+    for poll in 0..4u32 {
+        tokio::time::sleep_until(start + Duration::from_secs(1) * poll).await;
+        let answer = app.task(3).await;
+        assert_eq!(answer.status, 200);
+        served.push(answer.header("x-cache").unwrap_or_default().to_owned());
+    }
+    // Between polls the answer is reused.
+    let between = app.task(3).await;
+    assert_eq!(between.header("x-cache"), Some("hit"));
+
+    // Each poll comes an interval after the previous one was sent upstream: the status is due
+    // again, whatever the upstream's answer time took off the interval. Counted from the answer,
+    // it was 0.8 s old at the next poll and refreshed only every other poll.
+    assert_eq!(served, ["miss"; 4], "served at each poll");
+    assert_eq!(app.fake.calls_for(3), 4);
+}
+
+#[actix_rt::test]
 async fn final_answers_are_immutable_and_processing_ones_short_lived() {
     let app = spawn_app().await;
     app.fake.script(1, Reply::Task(2));
