@@ -22,10 +22,13 @@ use crate::answer::Answer;
 use crate::support::lock;
 use crate::task::FlowId;
 
-/// Deletes the lease only if it is still ours.
-const RELEASE_LEASE: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+/// Gives the lease back if it is still ours and publishes the outcome (ARGV[3]) on its channel
+/// (ARGV[2]) in one step. In two, a replica could find the lease still held after the outcome
+/// was published, and wait for it until its own deadline: a lookup registers for the outcome
+/// before it looks at the lease, so it sees either the lease gone or the outcome come.
+const FINISH_LEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return redis.call('PUBLISH', ARGV[2], ARGV[3])
 "#;
 
 /// Takes the poller lease of a task, or keeps it if it is ours already.
@@ -60,7 +63,7 @@ pub(crate) trait Listeners: Send + Sync {
 pub(crate) struct Peers {
     redis: Arc<Redis>,
     waiters: Mutex<HashMap<FlowId, Vec<oneshot::Sender<Outcome>>>>,
-    release: Script,
+    finish: Script,
     renew: Script,
     hold_poller: Script,
     lease_ttl: Duration,
@@ -77,7 +80,7 @@ impl Peers {
         let peers = Arc::new(Self {
             redis,
             waiters: Mutex::new(HashMap::new()),
-            release: Script::new(RELEASE_LEASE),
+            finish: Script::new(FINISH_LEASE),
             renew: Script::new(RENEW_LEASE),
             hold_poller: Script::new(HOLD_POLLER),
             lease_ttl,
@@ -253,7 +256,7 @@ impl Peers {
             .await;
     }
 
-    /// Publishes the outcome to waiting replicas, then gives the lease up.
+    /// Gives the lease up and publishes the outcome to waiting replicas, in one step.
     pub(crate) async fn finish(&self, flow_id: FlowId, token: &str, outcome: &Outcome) {
         let id = flow_id.to_string();
         let channel = self.redis.key(&["done", &id]);
@@ -262,13 +265,8 @@ impl Peers {
             return;
         };
         let mut conn = self.redis.connection();
-        let _ = self
-            .redis
-            .run(async move { conn.publish::<_, _, i64>(&channel, payload).await })
-            .await;
-        let mut conn = self.redis.connection();
-        let mut invocation = self.release.key(&key);
-        invocation.arg(token);
+        let mut invocation = self.finish.key(&key);
+        invocation.arg(token).arg(&channel).arg(payload);
         let _ = self
             .redis
             .run(async move { invocation.invoke_async::<i64>(&mut conn).await })
