@@ -116,14 +116,6 @@ impl CachePolicy {
     pub fn processing_reuse(&self) -> Duration {
         self.processing_ttl - self.processing_ttl / PROCESSING_DUE_EARLY
     }
-
-    pub fn ttl(&self, kind: AnswerKind) -> Duration {
-        match kind {
-            AnswerKind::Final => self.final_ttl,
-            AnswerKind::Processing => self.processing_reuse(),
-            AnswerKind::NotFound => self.not_found_ttl,
-        }
-    }
 }
 
 /// Each entry lives for as long as its answers may be served (a block: its newest answer),
