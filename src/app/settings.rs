@@ -211,9 +211,11 @@ pub struct BudgetSettings {
     #[arg(long, env = "TASKGATE_RATE_LIMIT", default_value = "20", value_parser = parse_rate_limit)]
     pub rate_limit: u32,
 
-    /// An upstream call counts against the window until one window after its answer arrives,
-    /// so the window holds where Tencent counts calls; and at least until one window plus this
-    /// margin after it was sent (a guard for answers faster than the clocks' granularity).
+    /// An upstream call counts against the window for one window after its send plus what its
+    /// answer took beyond the fastest recent call's, plus this margin: how much faster a call's
+    /// way out may be than the fastest call's (the latency every call pays cancels out where
+    /// Tencent counts arrivals). A call while a connection was opened counts until one window
+    /// after its answer.
     #[arg(long, env = "TASKGATE_RATE_WINDOW_MARGIN", default_value = "5ms", value_parser = parse_duration)]
     pub rate_window_margin: Duration,
 
@@ -250,7 +252,7 @@ impl BudgetSettings {
         }
     }
 
-    /// The window plus its margin: how long a slot counts after its answer.
+    /// The window plus its margin: the longest a slot counts after its answer.
     pub fn cooling(&self) -> Duration {
         RATE_WINDOW + self.rate_window_margin
     }

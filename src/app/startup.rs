@@ -96,6 +96,7 @@ impl Application {
         let budget = Budget::start(
             config.budget.budget_config(),
             redis.clone().map(|redis| (redis, config.lease_terms())),
+            Arc::clone(&target.connections),
             Arc::clone(&clock),
             Arc::clone(&metrics),
         );
@@ -298,6 +299,7 @@ fn upstream_target(
         attempt_timeout: settings.upstream_timeout,
         connect_timeout: settings.connect_timeout,
         tls,
+        connections: Arc::default(),
     }))
 }
 

@@ -25,6 +25,7 @@ use crate::shared::{Demand, LeaseTerms, Redis};
 use crate::support::{lock, retry_after_left, Clock};
 use crate::task::CallerName;
 use crate::telemetry::{BudgetRejection, Metrics, ScheduleClass};
+use crate::upstream::ConnectionsOpened;
 
 /// Why no slot was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +73,8 @@ pub(crate) struct Budget {
     pub(super) lease: Option<Arc<LeaseKeeper>>,
     pub(super) clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
+    /// Upstream connections opened so far (a call meanwhile holds its slot its whole answer time).
+    connections: Arc<ConnectionsOpened>,
 }
 
 /// A slot for one upstream call. Dropping it (when the answer has arrived, or the call failed)
@@ -80,12 +83,16 @@ pub(crate) struct Permit {
     budget: Arc<Budget>,
     /// When the slot was handed out: the call is sent right after.
     taken_at: Instant,
+    /// Upstream connections opened before it: one opened while the call is in flight may be
+    /// its own, which delays its arrival by a handshake.
+    connections_before: u64,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         let now = self.budget.clock.now();
-        self.budget.lock().state.release(now, self.taken_at);
+        let opened = self.budget.connections.so_far() != self.connections_before;
+        self.budget.lock().state.release(now, self.taken_at, opened);
         self.budget.wake.notify_one();
     }
 }
@@ -103,6 +110,7 @@ impl Budget {
     pub(crate) fn start(
         config: BudgetConfig,
         redis: Option<(Arc<Redis>, LeaseTerms)>,
+        connections: Arc<ConnectionsOpened>,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
@@ -125,6 +133,7 @@ impl Budget {
             lease: lease.clone(),
             clock,
             metrics,
+            connections,
         });
         if let Some(keeper) = lease {
             let (weak, wake) = (Arc::downgrade(&budget), Arc::clone(&budget.wake));
@@ -207,6 +216,7 @@ impl Budget {
         Permit {
             budget: Arc::clone(self),
             taken_at: self.clock.now(),
+            connections_before: self.connections.so_far(),
         }
     }
 

@@ -1,16 +1,25 @@
 //! The limiter's pure state: at most N calls in any sliding one-second window, as Tencent counts
 //! them. Every method takes `now`; nothing here reads a clock, sleeps or locks.
 //!
-//! A call holds a slot from the moment it is sent until its answer arrives, and then for one more
-//! window, and in any case until one window plus a margin after its send. Tencent counts a call
-//! when it arrives, which is somewhere between our send and our receipt of the answer; counting it
-//! until `answer + window` therefore guarantees that no window *at the upstream* sees more than N
-//! arrivals, whatever the latency. (Counting only from the send would not: a slow call can arrive
-//! late and share a window with later ones.) The margin after the send (5 ms by default) guards
-//! an answer faster than the clocks' granularity; it is not added on top of the answer time, where
-//! it would only cost budget (20 ms of latency plus 50 ms of margin would cap 20/s at 18.7), and it
-//! is kept small: holding the slot until the answer already covers the latency, and 50 ms after
-//! every send capped a fast upstream at 95% of the budget.
+//! Tencent counts a call when it arrives, somewhere between our send and our receipt of the
+//! answer. A slot is taken at the send and held while the call is in flight; when the answer
+//! comes, the slot counts for one window after the send plus the call's *hold*, and is then free:
+//! - by default the hold is the whole answer time: counting a call until `answer + window` keeps
+//!   every window *at the upstream* within N arrivals whatever the latency;
+//! - the latency every call pays cancels out, though: if each call reaches Tencent 15 ms after its
+//!   send, sends a window apart arrive a window apart. So once the fastest of the recent calls made
+//!   on connections already open is known (`REFERENCE_CALLS`), a call holds only the part of its
+//!   answer time beyond that fastest one, plus the margin (`TASKGATE_RATE_WINDOW_MARGIN`, 5 ms),
+//!   for a way out that was faster than the fastest call's: a call that was slow on its way out
+//!   shows it in its answer time and holds that much longer. At 20 ms of latency the slot is used
+//!   once per 1.005 s instead of 1.020 s, at 200 ms once per 1.005 s instead of 1.2 s.
+//! - a call while a connection was being opened holds its whole answer time, and never joins the
+//!   reference: a call on a new (TLS) connection reaches Tencent a handshake after its send, so the
+//!   next call on its slot, on the warm connection, arrives that much sooner after its own send.
+//!   Before any warm call has answered (at start) there is no reference, and every call holds its
+//!   whole answer time.
+//!
+//! A slot counts at least one window plus the margin after its send in any case.
 //!
 //! When Tencent throttles us anyway (other clients share the account), the effective limit is
 //! halved (at most once per window, never below a quarter of the configured limit) and then
@@ -23,6 +32,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::support::ceil_secs;
+
+/// How many recent answer times of calls made on connections already open the fastest is taken
+/// from: the latency every call pays. A few seconds' worth at the limit, so a slower path found
+/// later (which only makes holds longer) is forgotten soon, and one fast outlier only shortly
+/// makes them so.
+const REFERENCE_CALLS: usize = 32;
 
 /// How long the effective limit takes to grow by one call per second after throttling.
 pub(super) const RECOVERY_STEP: Duration = Duration::from_secs(1);
@@ -46,10 +61,14 @@ pub(super) struct BudgetState {
     cooling: VecDeque<Instant>,
     /// Set by throttling: the reduced limit and when it was set.
     reduced: Option<(u32, Instant)>,
-    /// How long a slot stays held before its window starts (its answer time, at least the
-    /// margin), smoothed over recent calls: a slot is used once per window plus this, which is
-    /// what the queue's estimates count by.
+    /// How long a slot stays held after its send before its window starts, smoothed over recent
+    /// calls: a slot is used once per window plus this, which is what the queue's estimates count
+    /// by.
     hold: Duration,
+    /// The usual time from a call's send to its answer, smoothed.
+    answer_time: Duration,
+    /// Answer times of the latest calls made while no connection was being opened, oldest first.
+    warm_answers: VecDeque<Duration>,
 }
 
 /// The weight of the newest call in the smoothed hold (as TCP smooths its round-trip time).
@@ -63,6 +82,8 @@ impl BudgetState {
             cooling: VecDeque::new(),
             reduced: None,
             hold: config.margin,
+            answer_time: config.margin,
+            warm_answers: VecDeque::with_capacity(REFERENCE_CALLS),
         }
     }
 
@@ -74,7 +95,7 @@ impl BudgetState {
 
     /// The usual time from a call's send to its answer (smoothed; at least the margin).
     pub(super) fn usual_answer_time(&self) -> Duration {
-        self.hold
+        self.answer_time
     }
 
     /// Slots counted now: calls in flight plus answered calls still inside their window.
@@ -136,15 +157,34 @@ impl BudgetState {
         }
     }
 
-    /// The answer of a call sent at `sent` arrived at `now`: it keeps counting for one window
-    /// after the later of its answer and its send plus the margin.
-    pub(super) fn release(&mut self, now: Instant, sent: Instant) {
+    /// The answer of a call sent at `sent` arrived at `now` (or the call failed then), a
+    /// connection having been opened meanwhile or not: it keeps counting for one window after its
+    /// send plus its hold.
+    pub(super) fn release(&mut self, now: Instant, sent: Instant, connection_opened: bool) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        let until = now.max(sent + self.config.margin) + self.config.window;
+        let answer = now.saturating_duration_since(sent);
+        let margin = self.config.margin;
+        let fastest = self.warm_answers.iter().min().copied();
+        let hold = match fastest {
+            Some(fastest) if !connection_opened => {
+                answer.min(answer.saturating_sub(fastest) + margin)
+            }
+            _ => answer,
+        }
+        .max(margin);
+        if !connection_opened {
+            if self.warm_answers.len() == REFERENCE_CALLS {
+                self.warm_answers.pop_front();
+            }
+            self.warm_answers.push_back(answer);
+        }
+        let until = sent + hold + self.config.window;
         // One hung call must not stretch every estimate: a sample counts at most a window.
-        let held = (until - self.config.window).saturating_duration_since(sent);
-        let sample = held.min(self.config.window);
-        self.hold = (self.hold * (HOLD_SMOOTHING - 1) + sample) / HOLD_SMOOTHING;
+        let smooth = |smoothed: Duration, sample: Duration| {
+            (smoothed * (HOLD_SMOOTHING - 1) + sample.min(self.config.window)) / HOLD_SMOOTHING
+        };
+        self.hold = smooth(self.hold, hold);
+        self.answer_time = smooth(self.answer_time, answer.max(margin));
         // `now` is monotonic across callers but taken before the lock, so keep the order exact.
         let at = self.cooling.partition_point(|t| *t <= until);
         self.cooling.insert(at, until);
@@ -261,10 +301,11 @@ mod tests {
         let mut state = BudgetState::new(config(3));
         assert!(state.try_take(t0) && state.try_take(t0) && state.try_take(t0));
         assert!(!state.try_take(t0));
-        // Answers arrive 200 ms later; the slots stay taken for a window after that.
+        // Answers arrive 200 ms later, each call having opened its connection (as at start):
+        // the slots stay taken for a window after the answers.
         let answered = t0 + Duration::from_millis(200);
         for _ in 0..3 {
-            state.release(answered, t0);
+            state.release(answered, t0, true);
         }
         assert!(!state.try_take(t0 + Duration::from_millis(1_000)));
         assert_eq!(
@@ -274,7 +315,7 @@ mod tests {
         assert!(state.try_take(answered + Duration::from_millis(1_000)));
         // A fast answer still counts until a window plus the margin after its send.
         let sent = answered + Duration::from_millis(1_000);
-        state.release(sent + Duration::from_millis(5), sent);
+        state.release(sent + Duration::from_millis(5), sent, false);
         assert_eq!(
             state.next_free_at(sent + Duration::from_millis(5), Some(1)),
             Some(sent + Duration::from_millis(1_050))
@@ -291,7 +332,7 @@ mod tests {
         assert!(!state.try_take_capped(t0, Some(6)));
         // All six in flight: nothing frees until a release (which wakes the dispatcher).
         assert_eq!(state.next_free_at(t0, Some(6)), None);
-        state.release(t0, t0);
+        state.release(t0, t0, false);
         let next = state.next_free_at(t0, Some(6)).unwrap();
         assert!(
             next > t0,
@@ -338,27 +379,89 @@ mod tests {
         assert_eq!(state.effective_limit(t0 + Duration::from_millis(9_090)), 5);
     }
 
+    /// One call on a one-slot budget, sent at `sent`, answered `answer_ms` later: when the slot
+    /// is free again.
+    fn free_after(
+        state: &mut BudgetState,
+        sent: Instant,
+        answer_ms: u64,
+        connection_opened: bool,
+    ) -> Duration {
+        assert!(state.try_take(sent));
+        let answered = sent + Duration::from_millis(answer_ms);
+        state.release(answered, sent, connection_opened);
+        let free = state.next_free_at(answered, None).expect("answered");
+        free.saturating_duration_since(sent)
+    }
+
+    #[test]
+    fn the_latency_every_call_pays_is_not_held() {
+        let t0 = Instant::now();
+        let mut state = BudgetState::new(config(1));
+        let ms = Duration::from_millis;
+        // At start the call opens its connection: its whole answer time is held.
+        assert_eq!(free_after(&mut state, t0, 250, true), ms(1_250));
+        // The first call on the open connection: no call to compare with yet.
+        let sent = t0 + ms(1_250);
+        assert_eq!(free_after(&mut state, sent, 250, false), ms(1_250));
+        // From then on every call pays 250 ms: only the margin is held, sends a window and the
+        // margin apart arrive as far apart.
+        let sent = sent + ms(1_250);
+        assert_eq!(free_after(&mut state, sent, 250, false), ms(1_050));
+        // A call 150 ms slower than the fastest may have spent them on its way out: held.
+        let sent = sent + ms(1_050);
+        assert_eq!(free_after(&mut state, sent, 400, false), ms(1_200));
+        // A call faster than any is held the margin, and is the fastest from now on.
+        let sent = sent + ms(1_200);
+        assert_eq!(free_after(&mut state, sent, 200, false), ms(1_050));
+        let sent = sent + ms(1_050);
+        assert_eq!(free_after(&mut state, sent, 250, false), ms(1_100));
+    }
+
+    #[test]
+    fn a_call_while_a_connection_was_opened_holds_its_whole_answer_time() {
+        let t0 = Instant::now();
+        let mut state = BudgetState::new(config(1));
+        let ms = Duration::from_millis;
+        assert_eq!(free_after(&mut state, t0, 250, false), ms(1_250));
+        let sent = t0 + ms(1_250);
+        assert_eq!(free_after(&mut state, sent, 250, false), ms(1_050));
+        // A new connection: the call may have reached the upstream a handshake after its send,
+        // so all of its 300 ms are held (not 50 + 50) ...
+        let sent = sent + ms(1_050);
+        assert_eq!(free_after(&mut state, sent, 300, true), ms(1_300));
+        // ... and a fast one is no measure of the latency every call pays either.
+        let sent = sent + ms(1_300);
+        assert_eq!(free_after(&mut state, sent, 100, true), ms(1_100));
+        let sent = sent + ms(1_100);
+        assert_eq!(free_after(&mut state, sent, 250, false), ms(1_050));
+    }
+
     #[test]
     fn the_queue_is_estimated_at_the_pace_answers_allow() {
         let t0 = Instant::now();
         let mut state = BudgetState::new(config(1));
-        // Answers take 250 ms: the one slot is used once every 1.25 s.
+        // Answers take 250 ms, give or take 100: what varies is held, what every call pays is
+        // not; the one slot is used once every 1.1 s on average.
         let mut sent = t0;
-        for _ in 0..40 {
-            assert!(state.try_take(sent));
-            let answered = sent + Duration::from_millis(250);
-            state.release(answered, sent);
-            sent = answered + Duration::from_secs(1);
+        for call in 0..40 {
+            let answer = if call % 2 == 0 { 200 } else { 300 };
+            sent += free_after(&mut state, sent, answer, false);
         }
         let now = sent;
         let tenth = state.estimate_slot_at(now, 9, None).duration_since(now);
         assert!(
-            (Duration::from_millis(11_100)..=Duration::from_millis(11_300)).contains(&tenth),
-            "the 10th waiter nine rounds of 1.25 s on, not of 1.05 s: {tenth:?}"
+            (Duration::from_millis(9_800)..=Duration::from_millis(10_000)).contains(&tenth),
+            "the 10th waiter nine rounds of 1.1 s on, not of 1.05 s or 1.25 s: {tenth:?}"
+        );
+        let usual = state.usual_answer_time();
+        assert!(
+            (Duration::from_millis(240)..=Duration::from_millis(260)).contains(&usual),
+            "the usual answer time is the answers', about 250 ms: {usual:?}"
         );
         // A call that hangs for a minute counts as one window at most.
         assert!(state.try_take(now));
-        state.release(now + Duration::from_secs(60), now);
+        state.release(now + Duration::from_secs(60), now, false);
         let later = now + Duration::from_secs(61);
         let tenth = state.estimate_slot_at(later, 9, None).duration_since(later);
         assert!(tenth < Duration::from_millis(14_000), "{tenth:?}");
@@ -369,8 +472,8 @@ mod tests {
         let t0 = Instant::now();
         let mut state = BudgetState::new(config(2));
         assert!(state.try_take(t0) && state.try_take(t0));
-        state.release(t0, t0);
-        state.release(t0, t0);
+        state.release(t0, t0, false);
+        state.release(t0, t0, false);
         // Both slots free at t0 + 1.05 s: positions 0 and 1 get them, 2 and 3 one round later
         // (2.1 s), 4 and 5 at 3.15 s; each caller is asked back a second (half its 2 s queue
         // wait) before, to wait for the slot in the queue.

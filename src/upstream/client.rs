@@ -10,6 +10,7 @@ use awc::http::header;
 
 use super::answer::{parse_answer, UpstreamError};
 use super::api::{ACTION, CONTENT_TYPE, MAX_ANSWER_BYTES, SERVICE, VERSION};
+use super::connections::{ConnectionsOpened, CountingConnector};
 use super::endpoint::Endpoint;
 use super::signing::{sign, SigningInput};
 use crate::credentials::Credentials;
@@ -23,6 +24,8 @@ pub(crate) struct UpstreamTarget {
     pub attempt_timeout: Duration,
     pub connect_timeout: Duration,
     pub tls: Arc<rustls::ClientConfig>,
+    /// Connections every worker's client has opened so far.
+    pub connections: Arc<ConnectionsOpened>,
 }
 
 /// `X-TC-RequestClient`: names taskgate and its version in Tencent's logs and support tickets.
@@ -43,6 +46,7 @@ pub(crate) struct UpstreamClient {
 impl UpstreamClient {
     pub(crate) fn new(target: Arc<UpstreamTarget>) -> Self {
         let connector = awc::Connector::new()
+            .connector(CountingConnector::new(Arc::clone(&target.connections)))
             .rustls_0_23(Arc::clone(&target.tls))
             .timeout(target.connect_timeout)
             .conn_keep_alive(Duration::from_secs(30))

@@ -63,6 +63,82 @@ async fn the_excess_gets_503_with_a_retry_after_from_the_queue() {
 }
 
 #[actix_rt::test]
+async fn the_latency_every_call_pays_costs_no_budget() {
+    // Every answer takes 300 ms: holding each slot until a window after its answer would use
+    // it once every 1.3 s. Counted from the send plus what the call took beyond the fastest
+    // call, it comes round every 1.005 s, and arrivals stay a window apart.
+    let app = spawn_app_with(
+        FakeUpstream::start(),
+        // One worker: one pool of connections, so the second round reuses the first's.
+        &[
+            "--rate-limit",
+            "5",
+            "--max-queue-wait",
+            "10s",
+            "--workers",
+            "1",
+        ],
+    )
+    .await;
+    app.fake.default_reply(Reply::Delay(
+        Duration::from_millis(300),
+        Box::new(Reply::Task(1)),
+    ));
+
+    let answers = join_all((30_000..30_015).map(|id| app.task(id))).await;
+
+    assert!(answers.iter().all(|a| a.status == 200), "all 15 answered");
+    let mut arrivals: Vec<_> = app.fake.calls().iter().map(|c| c.at).collect();
+    arrivals.sort();
+    assert_eq!(arrivals.len(), 15);
+    assert!(
+        app.fake.max_calls_in_any_second() <= 5,
+        "at most 5 calls in any second at the upstream, saw {}",
+        app.fake.max_calls_in_any_second()
+    );
+    // The first round opens its connections and the second has nothing to compare with yet:
+    // both hold their whole answer time. From the second round on, the 300 ms are not held.
+    let (second, third) = (arrivals[5], arrivals[10]);
+    let round = third.duration_since(second);
+    assert!(
+        round < Duration::from_millis(1_150),
+        "the third round {round:?} after the second, not 1.3 s"
+    );
+}
+
+#[actix_rt::test]
+async fn a_call_on_a_new_connection_holds_its_slot_until_its_answer() {
+    // Each new connection's first request reaches the upstream 300 ms after its send. At start
+    // every call opens one; were the first answer taken as the latency every call pays, the
+    // others would hold their slots only 5 ms past a window, and the next round, on the open
+    // connections, would arrive within a second of the first.
+    let app = spawn_app_with(
+        FakeUpstream::start(),
+        // One worker: one pool of connections, so the second round reuses the first's.
+        &[
+            "--rate-limit",
+            "5",
+            "--max-queue-wait",
+            "10s",
+            "--workers",
+            "1",
+        ],
+    )
+    .await;
+    app.fake.delay_new_connections(Duration::from_millis(300));
+
+    let answers = join_all((31_000..31_010).map(|id| app.task(id))).await;
+
+    assert!(answers.iter().all(|a| a.status == 200), "all 10 answered");
+    assert_eq!(app.fake.call_count(), 10);
+    assert!(
+        app.fake.max_calls_in_any_second() <= 5,
+        "at most 5 calls in any second at the upstream, saw {}",
+        app.fake.max_calls_in_any_second()
+    );
+}
+
+#[actix_rt::test]
 async fn a_full_queue_refuses_at_once() {
     let app = spawn_app_with(
         FakeUpstream::start(),

@@ -76,6 +76,8 @@ struct Shared {
     clock_offset: i64,
     /// TCP connections accepted, TLS handshakes that failed included.
     connections: usize,
+    /// How long a new connection's first request takes to arrive (a handshake over a long way).
+    handshake: Duration,
     /// Told the number of calls after every call, for `until_calls`.
     arrivals: tokio::sync::watch::Sender<usize>,
 }
@@ -115,10 +117,15 @@ impl FakeUpstream {
                     let Ok((stream, _)) = listener.accept().await else {
                         continue;
                     };
-                    thread_shared.lock().unwrap().connections += 1;
+                    let handshake = {
+                        let mut shared = thread_shared.lock().unwrap();
+                        shared.connections += 1;
+                        shared.handshake
+                    };
                     let shared = Arc::clone(&thread_shared);
                     let tls = tls.clone();
                     tokio::spawn(async move {
+                        tokio::time::sleep(handshake).await;
                         match tls {
                             Some(acceptor) => {
                                 if let Ok(stream) = acceptor.accept(stream).await {
@@ -142,6 +149,12 @@ impl FakeUpstream {
     /// TCP connections accepted so far (each failed TLS handshake is one).
     pub fn connections(&self) -> usize {
         self.shared.lock().unwrap().connections
+    }
+
+    /// Every new connection's first request arrives `delay` after it was sent, as over a long
+    /// way where opening a connection takes round trips before the request can go out.
+    pub fn delay_new_connections(&self, delay: Duration) {
+        self.shared.lock().unwrap().handshake = delay;
     }
 
     /// Scripts the reply for one flow id.
