@@ -62,8 +62,8 @@ pub(super) struct BudgetState {
     /// Set by throttling: the reduced limit and when it was set.
     reduced: Option<(u32, Instant)>,
     /// How long a slot stays held after its send before its window starts, smoothed over recent
-    /// calls: a slot is used once per window plus this, which is what the queue's estimates count
-    /// by.
+    /// calls on open connections: a slot is used once per window plus this, which is what the
+    /// queue's estimates count by.
     hold: Duration,
     /// The usual time from a call's send to its answer, smoothed.
     answer_time: Duration,
@@ -183,7 +183,10 @@ impl BudgetState {
         let smooth = |smoothed: Duration, sample: Duration| {
             (smoothed * (HOLD_SMOOTHING - 1) + sample.min(self.config.window)) / HOLD_SMOOTHING
         };
-        self.hold = smooth(self.hold, hold);
+        // Calls on new connections are one-offs: the rounds to come are those of open ones.
+        if !connection_opened {
+            self.hold = smooth(self.hold, hold);
+        }
         self.answer_time = smooth(self.answer_time, answer.max(margin));
         // `now` is monotonic across callers but taken before the lock, so keep the order exact.
         let at = self.cooling.partition_point(|t| *t <= until);

@@ -389,8 +389,10 @@ async fn callers_sent_away_are_told_to_come_back_in_the_order_their_calls_are_ma
 #[actix_rt::test]
 async fn a_caller_told_too_early_is_told_again_from_where_its_call_stands() {
     // 40 new tasks at once behind 5 calls/s, callers who give up after 1 s, an upstream that
-    // takes 900 ms to answer: a round of 5 slots comes every 1.9 s, not the 1 s the first
-    // estimate (made before any answer) counts on, so the first Retry-After told is early. When
+    // takes 900 ms to answer: the first rounds of 5 slots come 1.9 s apart (calls that open
+    // their connections, and the first on open ones, hold their whole answer time), not the 1 s
+    // the first estimate (made before any answer) counts on, so the first Retry-After told is
+    // early. When
     // a caller comes back too early and is sent away again, it is told from where its call
     // stands then, not "1 s" again and again until its turn comes.
     let app = callers_who_give_up_after_a_second().await;
@@ -419,8 +421,8 @@ async fn a_caller_told_too_early_is_told_again_from_where_its_call_stands() {
         }
     }))
     .await;
-    // The last calls come 8 rounds of 1.9 s after the first: told "1 s" each time, their
-    // callers would be refused 6 times or more.
+    // The last calls come 8 rounds after the first, the first rounds 1.9 s apart: told "1 s"
+    // each time, their callers would be refused several times over.
     let most = refusals.iter().max().copied().unwrap_or(0);
     assert!(most <= 3, "refused at most 3 times each: {refusals:?}");
     let total: usize = refusals.iter().sum();
