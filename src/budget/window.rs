@@ -179,9 +179,10 @@ impl BudgetState {
             self.warm_answers.push_back(answer);
         }
         let until = sent + hold + self.config.window;
-        // One hung call must not stretch every estimate: a sample counts at most a window.
+        // One hung call must not stretch every estimate: a sample counts at most two windows.
+        let cap = 2 * self.config.window;
         let smooth = |smoothed: Duration, sample: Duration| {
-            (smoothed * (HOLD_SMOOTHING - 1) + sample.min(self.config.window)) / HOLD_SMOOTHING
+            (smoothed * (HOLD_SMOOTHING - 1) + sample.min(cap)) / HOLD_SMOOTHING
         };
         // Calls on new connections are one-offs: the rounds to come are those of open ones.
         if !connection_opened {
@@ -234,8 +235,9 @@ impl BudgetState {
     /// `expected` rate (calls per second; in shared mode the lease's, which may be a fraction:
     /// 20/s over 3 replicas is 6.67/s, spent in leases of 6 and 7). Slots free at their cooling
     /// ends; calls in flight are assumed to answer within the usual answer time; after the known
-    /// slots, each further round of waiters takes one more window and the usual answer time (at
-    /// 20 ms a round is 1.02 s: counting 1 s told the 900th waiter to come back a second early).
+    /// slots, each further round of waiters takes one more window and the usual hold (at 20 ms a
+    /// round is 1.006 s), or the usual answer time when that is longer (a slot is held while its
+    /// call is in flight: behind a 2 s upstream a round takes 2 s).
     pub(super) fn estimate_slot_at(
         &mut self,
         now: Instant,
@@ -244,7 +246,7 @@ impl BudgetState {
     ) -> Instant {
         let cap = expected.map(|rate| rate.ceil() as u32);
         let limit = self.capped_limit(now, cap).max(1) as usize;
-        let round = self.config.window + self.hold;
+        let round = (self.config.window + self.hold).max(self.answer_time);
         let mut free: Vec<Instant> = Vec::with_capacity(limit);
         let idle = limit.saturating_sub(self.used(now));
         free.extend(std::iter::repeat_n(now, idle));
@@ -419,6 +421,25 @@ mod tests {
         assert_eq!(free_after(&mut state, sent, 200, false), ms(1_050));
         let sent = sent + ms(1_050);
         assert_eq!(free_after(&mut state, sent, 250, false), ms(1_100));
+    }
+
+    #[test]
+    fn behind_an_upstream_slower_than_a_window_a_round_takes_its_answer_time() {
+        let t0 = Instant::now();
+        let mut state = BudgetState::new(config(1));
+        // The first call has nothing to compare with: its 2 s are held, a window after them.
+        let mut sent = t0 + free_after(&mut state, t0, 2_000, false);
+        for _ in 0..40 {
+            // Held while in flight, then free at once: its window after the send is over.
+            let free = free_after(&mut state, sent, 2_000, false);
+            assert_eq!(free, Duration::from_millis(2_000));
+            sent += free;
+        }
+        let fifth = state.estimate_slot_at(sent, 4, None).duration_since(sent);
+        assert!(
+            (Duration::from_millis(7_900)..=Duration::from_millis(8_100)).contains(&fifth),
+            "the 5th waiter four rounds of 2 s on, not of 1.05 s: {fifth:?}"
+        );
     }
 
     #[test]
