@@ -71,7 +71,8 @@ pub(super) struct BudgetState {
     warm_answers: VecDeque<Duration>,
 }
 
-/// The weight of the newest call in the smoothed hold (as TCP smooths its round-trip time).
+/// The weight of the newest call in the smoothed hold and answer time (as TCP smooths its
+/// round-trip time).
 const HOLD_SMOOTHING: u32 = 8;
 
 impl BudgetState {
@@ -163,35 +164,42 @@ impl BudgetState {
     pub(super) fn release(&mut self, now: Instant, sent: Instant, connection_opened: bool) {
         self.in_flight = self.in_flight.saturating_sub(1);
         let answer = now.saturating_duration_since(sent);
-        let margin = self.config.margin;
-        let fastest = self.warm_answers.iter().min().copied();
-        let hold = match fastest {
-            Some(fastest) if !connection_opened => {
-                answer.min(answer.saturating_sub(fastest) + margin)
-            }
-            _ => answer,
-        }
-        .max(margin);
-        if !connection_opened {
-            if self.warm_answers.len() == REFERENCE_CALLS {
-                self.warm_answers.pop_front();
-            }
-            self.warm_answers.push_back(answer);
-        }
-        let until = sent + hold + self.config.window;
-        // One hung call must not stretch every estimate: a sample counts at most two windows.
-        let cap = 2 * self.config.window;
-        let smooth = |smoothed: Duration, sample: Duration| {
-            (smoothed * (HOLD_SMOOTHING - 1) + sample.min(cap)) / HOLD_SMOOTHING
+        let hold = if connection_opened {
+            // One-offs: no measure of the latency every call pays, nor of the rounds to come.
+            answer.max(self.config.margin)
+        } else {
+            let hold = self.warm_hold(answer);
+            self.hold = self.smoothed(self.hold, hold);
+            hold
         };
-        // Calls on new connections are one-offs: the rounds to come are those of open ones.
-        if !connection_opened {
-            self.hold = smooth(self.hold, hold);
-        }
-        self.answer_time = smooth(self.answer_time, answer.max(margin));
+        self.answer_time = self.smoothed(self.answer_time, answer.max(self.config.margin));
+        let until = sent + hold + self.config.window;
         // `now` is monotonic across callers but taken before the lock, so keep the order exact.
         let at = self.cooling.partition_point(|t| *t <= until);
         self.cooling.insert(at, until);
+    }
+
+    /// The hold of a call made on an open connection that answered in `answer`: what it took
+    /// beyond the fastest of the latest such calls, plus the margin (its whole answer time while
+    /// there is none to compare with); then it joins them.
+    fn warm_hold(&mut self, answer: Duration) -> Duration {
+        let margin = self.config.margin;
+        let hold = match self.warm_answers.iter().min() {
+            Some(fastest) => answer.min(answer.saturating_sub(*fastest) + margin),
+            None => answer,
+        };
+        if self.warm_answers.len() == REFERENCE_CALLS {
+            self.warm_answers.pop_front();
+        }
+        self.warm_answers.push_back(answer);
+        hold.max(margin)
+    }
+
+    /// `smoothed` moved towards `sample`; one hung call must not stretch every estimate, so a
+    /// sample counts at most two windows.
+    fn smoothed(&self, smoothed: Duration, sample: Duration) -> Duration {
+        let sample = sample.min(2 * self.config.window);
+        (smoothed * (HOLD_SMOOTHING - 1) + sample) / HOLD_SMOOTHING
     }
 
     /// The lowest the effective limit goes: a quarter of the configured one (at least 1), so
@@ -483,7 +491,7 @@ mod tests {
             (Duration::from_millis(240)..=Duration::from_millis(260)).contains(&usual),
             "the usual answer time is the answers', about 250 ms: {usual:?}"
         );
-        // A call that hangs for a minute counts as one window at most.
+        // A call that hangs for a minute counts as two windows at most.
         assert!(state.try_take(now));
         state.release(now + Duration::from_secs(60), now, false);
         let later = now + Duration::from_secs(61);

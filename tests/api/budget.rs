@@ -5,7 +5,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 
 use crate::fake_upstream::{FakeUpstream, Reply};
-use crate::helpers::spawn_app_with;
+use crate::helpers::{spawn_app_with, TestApp};
 
 #[actix_rt::test]
 async fn a_hundred_new_tasks_use_the_budget_fully_and_never_exceed_it() {
@@ -15,11 +15,7 @@ async fn a_hundred_new_tasks_use_the_budget_fully_and_never_exceed_it() {
 
     assert!(answers.iter().all(|a| a.status == 200), "all 100 answered");
     assert_eq!(app.fake.call_count(), 100);
-    assert!(
-        app.fake.max_calls_in_any_second() <= 20,
-        "at most 20 calls in any second at the upstream, saw {}",
-        app.fake.max_calls_in_any_second()
-    );
+    app.fake.assert_at_most_in_any_second(20);
     // Five rounds of 20, one window (plus margin and answer time) apart: about 4.3 s between the
     // first call and the last at the upstream. Far more would mean wasted budget.
     let calls = app.fake.calls();
@@ -45,7 +41,7 @@ async fn the_excess_gets_503_with_a_retry_after_from_the_queue() {
         .until_calls("every task's kept call", |calls| calls.len() >= 100)
         .await;
     assert!((20_000..20_100).all(|id| app.fake.calls_for(id) == 1));
-    assert!(app.fake.max_calls_in_any_second() <= 20);
+    app.fake.assert_at_most_in_any_second(20);
     let retry_after: Vec<u64> = refused
         .iter()
         .map(|a| {
@@ -62,14 +58,11 @@ async fn the_excess_gets_503_with_a_retry_after_from_the_queue() {
     assert!(max >= min + 2, "computed from the queue, not a constant");
 }
 
-#[actix_rt::test]
-async fn the_latency_every_call_pays_costs_no_budget() {
-    // Every answer takes 300 ms: holding each slot until a window after its answer would use
-    // it once every 1.3 s. Counted from the send plus what the call took beyond the fastest
-    // call, it comes round every 1.005 s, and arrivals stay a window apart.
-    let app = spawn_app_with(
+/// Five calls a second, callers who wait up to 10 s, and one worker: one pool of connections,
+/// so a round of calls reuses the previous round's.
+async fn five_calls_a_second_on_one_pool() -> TestApp {
+    spawn_app_with(
         FakeUpstream::start(),
-        // One worker: one pool of connections, so the second round reuses the first's.
         &[
             "--rate-limit",
             "5",
@@ -79,7 +72,15 @@ async fn the_latency_every_call_pays_costs_no_budget() {
             "1",
         ],
     )
-    .await;
+    .await
+}
+
+#[actix_rt::test]
+async fn the_latency_every_call_pays_costs_no_budget() {
+    // Every answer takes 300 ms: holding each slot until a window after its answer would use
+    // it once every 1.3 s. Counted from the send plus what the call took beyond the fastest
+    // call, it comes round every 1.005 s, and arrivals stay a window apart.
+    let app = five_calls_a_second_on_one_pool().await;
     app.fake.default_reply(Reply::Delay(
         Duration::from_millis(300),
         Box::new(Reply::Task(1)),
@@ -91,11 +92,7 @@ async fn the_latency_every_call_pays_costs_no_budget() {
     let mut arrivals: Vec<_> = app.fake.calls().iter().map(|c| c.at).collect();
     arrivals.sort();
     assert_eq!(arrivals.len(), 15);
-    assert!(
-        app.fake.max_calls_in_any_second() <= 5,
-        "at most 5 calls in any second at the upstream, saw {}",
-        app.fake.max_calls_in_any_second()
-    );
+    app.fake.assert_at_most_in_any_second(5);
     // The first round opens its connections and the second has nothing to compare with yet:
     // both hold their whole answer time. From the second round on, the 300 ms are not held.
     let (second, third) = (arrivals[5], arrivals[10]);
@@ -112,30 +109,14 @@ async fn a_call_on_a_new_connection_holds_its_slot_until_its_answer() {
     // every call opens one; were the first answer taken as the latency every call pays, the
     // others would hold their slots only 5 ms past a window, and the next round, on the open
     // connections, would arrive within a second of the first.
-    let app = spawn_app_with(
-        FakeUpstream::start(),
-        // One worker: one pool of connections, so the second round reuses the first's.
-        &[
-            "--rate-limit",
-            "5",
-            "--max-queue-wait",
-            "10s",
-            "--workers",
-            "1",
-        ],
-    )
-    .await;
+    let app = five_calls_a_second_on_one_pool().await;
     app.fake.delay_new_connections(Duration::from_millis(300));
 
     let answers = join_all((31_000..31_010).map(|id| app.task(id))).await;
 
     assert!(answers.iter().all(|a| a.status == 200), "all 10 answered");
     assert_eq!(app.fake.call_count(), 10);
-    assert!(
-        app.fake.max_calls_in_any_second() <= 5,
-        "at most 5 calls in any second at the upstream, saw {}",
-        app.fake.max_calls_in_any_second()
-    );
+    app.fake.assert_at_most_in_any_second(5);
 }
 
 #[actix_rt::test]
@@ -203,7 +184,7 @@ async fn throttling_by_tencent_is_retried_within_the_deadline_without_a_storm() 
         calls.iter().all(|c| c.signature_error.is_none()),
         "retries signed afresh"
     );
-    assert!(app.fake.max_calls_in_any_second() <= 20);
+    app.fake.assert_at_most_in_any_second(20);
 
     let metrics = app.metrics().await;
     assert!(

@@ -233,6 +233,15 @@ impl FakeUpstream {
             .count()
     }
 
+    /// Asserts that no one-second window at the upstream saw more than `limit` calls.
+    pub fn assert_at_most_in_any_second(&self, limit: usize) {
+        let most = self.max_calls_in_any_second();
+        assert!(
+            most <= limit,
+            "at most {limit} calls in any second at the upstream, saw {most}"
+        );
+    }
+
     /// The largest number of calls that arrived within any one-second window.
     pub fn max_calls_in_any_second(&self) -> usize {
         let mut times: Vec<Instant> = self.calls().iter().map(|c| c.at).collect();
