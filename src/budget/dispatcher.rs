@@ -42,7 +42,8 @@ pub(crate) struct SlotAsk {
     pub priority: Priority,
     /// Until when anyone wants the call; every lookup of the task extends it.
     pub interest: Arc<Interest>,
-    /// The fetch's own deadline: never waited past.
+    /// The fetch's deadline as it started: never waited past, except by a call kept for callers
+    /// sent away, which waits as long as they are expected back.
     pub deadline: Instant,
 }
 
@@ -365,6 +366,13 @@ impl Budget {
         let mut keeping = (ask.priority == Priority::Unknown)
             .then(|| Keeping::start(&ask.interest, told_secs, now, self.config.max_queue_wait));
         loop {
+            // A call kept for callers sent away waits as long as they are expected back, past
+            // the deadline its fetch started with (which could not know how long the queue
+            // ahead would take: see `LookupContext::deadline_now`).
+            let deadline = match keeping {
+                Some(_) => ask.deadline.max(ask.interest.wanted_until()),
+                None => ask.deadline,
+            };
             let asked_until = ask.interest.asked_until();
             let wake = if keeping.is_some() && self.clock.now() < asked_until {
                 // Wake when the callers are sent away, to make way for those still waiting.
@@ -372,7 +380,7 @@ impl Budget {
             } else {
                 ask.interest.wanted_until()
             };
-            let outcome = tokio::time::timeout_at(wake.min(ask.deadline), &mut grant).await;
+            let outcome = tokio::time::timeout_at(wake.min(deadline), &mut grant).await;
             let now = self.clock.now();
             match outcome {
                 Ok(Ok(permit)) => {
@@ -384,7 +392,7 @@ impl Budget {
                 Ok(Err(_)) => return Err(self.gave_up(&ask, now, Left::PassedOver)),
                 Err(_) => {}
             }
-            if now < ask.deadline {
+            if now < deadline {
                 // No caller waits on the unknown task any more: they were sent away.
                 let sent_away = now >= ask.interest.asked_until();
                 if let Some(keeping) = keeping.as_mut().filter(|_| sent_away) {

@@ -68,6 +68,7 @@ pub(super) async fn get_task(
         wanted_for: Duration::ZERO,
         trace_id,
         caller,
+        kept_call_time: None,
     };
     let mut found = lookup.lookup(&client, flow_id, &context).await?;
     if let Some(wait) = wait {

@@ -57,7 +57,6 @@ impl Attempts {
         context: &LookupContext,
         priority: Priority,
     ) -> Result<Answer, ApiError> {
-        let deadline = context.deadline;
         let mut retry: u32 = 0;
         let mut transient_retries: u32 = 0;
         let mut throttled_retries: u32 = 0;
@@ -78,7 +77,7 @@ impl Attempts {
                 caller: context.caller.clone(),
                 priority,
                 interest: std::sync::Arc::clone(leader.interest()),
-                deadline,
+                deadline: context.deadline,
             };
             let waiting = self.traces.start("budget wait", Kind::Internal);
             if waiting.is_recording() {
@@ -125,7 +124,7 @@ impl Attempts {
                     let backoff = full_jitter(retry);
                     let error = ApiError::Upstream(error);
                     if transient_retries >= MAX_TRANSIENT_RETRIES
-                        || now + backoff >= deadline
+                        || now + backoff >= context.deadline_now(leader.interest())
                         || !self.resilience.try_retry(now)
                     {
                         return Err(error);
@@ -150,7 +149,7 @@ impl Attempts {
                         retry_after_secs,
                     };
                     if throttled_retries >= MAX_THROTTLED_RETRIES
-                        || now + backoff >= deadline
+                        || now + backoff >= context.deadline_now(leader.interest())
                         || now + backoff >= since + MAX_THROTTLED_SPAN
                     {
                         return Err(error);

@@ -169,11 +169,6 @@ impl Coalescer {
         )
     }
 
-    /// Fetches under way now.
-    pub(super) fn under_way(&self) -> usize {
-        lock(&self.fetches).len()
-    }
-
     fn remove(&self, flow_id: FlowId) {
         lock(&self.fetches).remove(&flow_id);
     }

@@ -188,19 +188,16 @@ impl LookupService {
         let clock = inner.clock.as_ref();
         match inner.coalescer.join(flow_id, ask.wanted_until) {
             Role::Leader(leader, receiver) => {
-                // The fetch has its own deadline, the longest any caller may have, counted for a
-                // task nothing is known about from when its slot may come: its call keeps its
-                // place while its callers wait out a `Retry-After` (as long as they come back),
-                // and must not end before it is made.
-                let wait_ahead = match ask.priority {
-                    Priority::Unknown => {
-                        let ahead = inner.coalescer.under_way().saturating_sub(1);
-                        inner.fetcher.attempts.budget.unknown_wait_ahead(ahead)
-                    }
-                    Priority::Refresh { .. } => Duration::ZERO,
+                // The fetch has its own deadline, the longest any caller may have. A task nothing
+                // is known about keeps its call's place while its callers wait out a
+                // `Retry-After` (as long as they come back): its deadline follows them.
+                let kept_call_time = match ask.priority {
+                    Priority::Unknown => Some(inner.fetch_timeout),
+                    Priority::Refresh { .. } => None,
                 };
                 let fetch_context = LookupContext {
-                    deadline: now + wait_ahead + inner.fetch_timeout,
+                    deadline: now + inner.fetch_timeout,
+                    kept_call_time,
                     ..context.clone()
                 };
                 let service = self.clone();
@@ -274,9 +271,19 @@ impl LookupService {
         let work = inner
             .fetcher
             .fetch(&leader, client, flow_id, &context, priority);
-        let result = match tokio::time::timeout_at(context.deadline, span.wrap(work)).await {
-            Ok(result) => result,
-            Err(_) => Err(ApiError::DeadlineExceeded),
+        let result = {
+            let mut work = std::pin::pin!(span.wrap(work));
+            let mut deadline = context.deadline;
+            loop {
+                match tokio::time::timeout_at(deadline, work.as_mut()).await {
+                    Ok(result) => break result,
+                    // A kept call's deadline moved while it waited: its callers came back.
+                    Err(_) => match context.deadline_now(leader.interest()) {
+                        later if later > deadline => deadline = later,
+                        _ => break Err(ApiError::DeadlineExceeded),
+                    },
+                }
+            }
         };
         match &result {
             Ok(fetched) => span.set("taskgate.fetch.origin", fetched.origin.as_str()),

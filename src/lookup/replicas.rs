@@ -78,7 +78,8 @@ impl Fetcher {
                         peers.unregister(flow_id);
                         return Ok(fetched(answer, Origin::SharedCache));
                     }
-                    let wait_until = context.deadline.min(now + lease_left + LEASE_GRACE);
+                    let deadline = context.deadline_now(leader.interest());
+                    let wait_until = deadline.min(now + lease_left + LEASE_GRACE);
                     if let Ok(Ok(published)) = tokio::time::timeout_at(wait_until, outcome).await {
                         if let Some(result) = published.into_result(clock.now()) {
                             return result.map(|answer| fetched(answer, Origin::Peer));

@@ -216,6 +216,7 @@ impl WaitService {
                 wanted_for: interval * 2,
                 trace_id: None,
                 caller: caller.clone(),
+                kept_call_time: None,
             };
             match self.lookup.lookup(client, flow_id, &context).await {
                 Ok(found) => {

@@ -78,6 +78,8 @@ struct Shared {
     connections: usize,
     /// How long a new connection's first request takes to arrive (a handshake over a long way).
     handshake: Duration,
+    /// Every answer says `Connection: close` and ends its connection (no keep-alive).
+    close_after_answer: bool,
     /// Told the number of calls after every call, for `until_calls`.
     arrivals: tokio::sync::watch::Sender<usize>,
 }
@@ -155,6 +157,12 @@ impl FakeUpstream {
     /// way where opening a connection takes round trips before the request can go out.
     pub fn delay_new_connections(&self, delay: Duration) {
         self.shared.lock().unwrap().handshake = delay;
+    }
+
+    /// Ends every connection after its answer (`Connection: close`), as a server or proxy on the
+    /// way without keep-alive does: every call opens a connection of its own.
+    pub fn close_after_each_answer(&self) {
+        self.shared.lock().unwrap().close_after_answer = true;
     }
 
     /// Scripts the reply for one flow id.
@@ -307,7 +315,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shared: Arc<Mut
         let flow_id = serde_json::from_slice::<serde_json::Value>(&request.body)
             .ok()
             .and_then(|v| v["FlowID"].as_i64());
-        let (reply, now) = {
+        let (reply, now, close) = {
             let mut shared = shared.lock().unwrap();
             let now = unix_now() + shared.clock_offset;
             let signature_error = verify(&request, &shared, now).err();
@@ -335,9 +343,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shared: Arc<Mut
                 signature_error: signature_error.clone(),
             });
             shared.arrivals.send_replace(shared.calls.len());
-            (reply, now)
+            (reply, now, shared.close_after_answer)
         };
-        if !answer(&mut stream, reply, now).await {
+        if !answer(&mut stream, reply, now, close).await || close {
             return;
         }
     }
@@ -347,8 +355,14 @@ fn request_id() -> String {
     format!("fake-{:016x}", fastrand::u64(..))
 }
 
-/// Writes one answer; false when the connection must end.
-async fn answer<S: AsyncWrite + Unpin>(stream: &mut S, reply: Reply, now: i64) -> bool {
+/// Writes one answer (saying `Connection: close` when `close`); false when the connection must
+/// end.
+async fn answer<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    reply: Reply,
+    now: i64,
+    close: bool,
+) -> bool {
     let date = actix_web::http::header::HttpDate::from(
         std::time::UNIX_EPOCH + Duration::from_secs(now.max(0) as u64),
     );
@@ -394,8 +408,9 @@ async fn answer<S: AsyncWrite + Unpin>(stream: &mut S, reply: Reply, now: i64) -
         }
         Reply::Delay(..) | Reply::Sequence(_) => unreachable!("resolved above"),
     };
+    let connection = if close { "Connection: close\r\n" } else { "" };
     let response = format!(
-        "HTTP/1.1 {status} Fake\r\nContent-Type: application/json\r\nDate: {date}\r\nContent-Length: {}\r\n\r\n{body}",
+        "HTTP/1.1 {status} Fake\r\nContent-Type: application/json\r\nDate: {date}\r\n{connection}Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(response.as_bytes()).await.is_ok() && stream.flush().await.is_ok()

@@ -432,3 +432,65 @@ async fn a_caller_told_too_early_is_told_again_from_where_its_call_stands() {
     );
     assert_eq!(app.fake.call_count(), tasks.count(), "one call per task");
 }
+
+#[actix_rt::test]
+async fn a_call_kept_for_callers_sent_away_lasts_as_long_as_its_queue_however_far_off_the_first_estimate(
+) {
+    // 30 new tasks at once behind 10 calls/s, callers who give up after 1 s, an upstream that
+    // takes 6 s to answer and closes every connection after its answer: every call opens a
+    // connection, so every slot is held for its whole answer time, and rounds of 10 calls come
+    // 7 s apart where the first estimate (made before any answer) counts on 1 s. The last calls
+    // are made some 14 s after the first, answered 20 s after. The calls keep their places for
+    // their callers however long that takes: each caller, back as told, finds its answer or its
+    // call still queued (503 again, told from where it stands), never a 504 because the fetch
+    // gave up before its slot came; and each task is called once.
+    let app = spawn_app_with(
+        FakeUpstream::start(),
+        &[
+            "--rate-limit",
+            "10",
+            "--max-queue-wait",
+            "1s",
+            "--request-timeout",
+            "8s",
+            "--upstream-timeout",
+            "7s",
+        ],
+    )
+    .await;
+    app.fake.close_after_each_answer();
+    app.fake.default_reply(Reply::Delay(
+        Duration::from_secs(6),
+        Box::new(Reply::Task(0)),
+    ));
+    let tasks = 74_000..74_030;
+    let refusals = join_all(tasks.clone().map(|id| {
+        let app = &app;
+        async move {
+            // The caller does as it is told, until its first answer.
+            let mut refused = 0;
+            loop {
+                let answer = app.task(id).await;
+                match answer.status {
+                    200 => return refused,
+                    503 => {
+                        refused += 1;
+                        let secs: u64 = answer.header("retry-after").unwrap().parse().unwrap();
+                        tokio::time::sleep(Duration::from_secs(secs)).await;
+                    }
+                    other => panic!(
+                        "task {id} answered {other} after {refused} refusals: {}",
+                        String::from_utf8_lossy(&answer.body)
+                    ),
+                }
+            }
+        }
+    }))
+    .await;
+    assert!(
+        refusals.iter().filter(|&&r| r > 0).count() >= 20,
+        "most callers were sent away: {refusals:?}"
+    );
+    assert_eq!(app.fake.call_count(), tasks.count(), "one call per task");
+    app.fake.assert_at_most_in_any_second(10);
+}
