@@ -389,14 +389,16 @@ def measure(opts, tasks, fresh, stats, rejections, t0, deadline, ended, driver) 
     arrivals = sorted(c[0] for c in stats.get("call_list", []))
 
     def use(start: float, end: float) -> float | None:
-        """Calls arrived in [start, end] over the budget of that span, R x (end - start). (A
-        sliding 1 s window lets a span hold up to R x ceil(end - start) when a burst falls at
-        each end; judged against that, a span that ends just before a burst, 6.24 s against 7 s
-        of bursts, read 86% where every second used all 20.)"""
-        if end - start <= 0.5:
+        """Calls arrived in the whole seconds from `start` within [start, end], over R per second.
+        Each of those fixed seconds lies in a sliding one, so holds at most R: 100% is every
+        second of the span full. The partial last second is left out: against R x ceil(span) a
+        6.24 s span that ended just before its seventh burst read 86% with every second full, and
+        against R x span a span with a burst at each end reads over 100%."""
+        seconds = math.floor(end - start)
+        if seconds < 1:
             return None
-        calls = sum(1 for a in arrivals if start <= a <= end)
-        return calls / (rate * (end - start))
+        calls = sum(1 for a in arrivals if start <= a < start + seconds)
+        return calls / (rate * seconds)
 
     # Demand: from t0 until the last client learned its task's final status (or the end).
     demand_end = learned[-1] if len(learned) == n else ended
