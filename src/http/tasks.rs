@@ -63,6 +63,7 @@ pub(super) async fn get_task(
         wait.duration.max(state.max_queue_wait)
     });
     let context = LookupContext {
+        asked_at,
         deadline,
         budget_wait_until: (asked_at + budget_wait).min(deadline),
         wanted_for: Duration::ZERO,

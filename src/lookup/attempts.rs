@@ -165,7 +165,13 @@ impl Attempts {
                     let (ttl, stale_for) = if task.status.is_final() {
                         (self.policy.final_ttl, Duration::ZERO)
                     } else {
-                        (self.policy.processing_reuse(), self.policy.stale_if_error)
+                        let reuse = match priority {
+                            Priority::Refresh { .. } => self
+                                .policy
+                                .refresh_reuse(sent.saturating_duration_since(context.asked_at)),
+                            Priority::Unknown => self.policy.processing_reuse(),
+                        };
+                        (reuse, self.policy.stale_if_error)
                     };
                     return Ok(Answer::from_task(&task, sent, ttl, stale_for));
                 }

@@ -116,6 +116,17 @@ impl CachePolicy {
     pub fn processing_reuse(&self) -> Duration {
         self.processing_ttl - self.processing_ttl / PROCESSING_DUE_EARLY
     }
+
+    /// How long the answer of a refresh is reused when its call was sent `queued` after the
+    /// lookup that asked for it: counted from the ask, not the send. Its poller comes back an
+    /// interval after it asked; reused for a whole interval from a late send, the answer would
+    /// still be fresh then, that poll a hit, and the next refresh asked only at the poll after.
+    /// Under exact saturation (20 tasks polled every second at 20/s, refreshes queued for a
+    /// fraction of a second) tasks were refreshed at every other poll and completions seen up to
+    /// two seconds late. Its `Age` still counts from the send.
+    pub fn refresh_reuse(&self, queued: Duration) -> Duration {
+        self.processing_reuse().saturating_sub(queued)
+    }
 }
 
 /// Each entry lives for as long as its answers may be served (a block: its newest answer),

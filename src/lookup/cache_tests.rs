@@ -256,3 +256,19 @@ proptest::proptest! {
         proptest::prop_assert_eq!(json, crate::answer::json_string(&text));
     }
 }
+
+#[test]
+fn a_refresh_is_reused_for_the_interval_from_when_it_was_asked() {
+    // Reused for the interval less a twentieth, counted from the ask: what the wait for a slot
+    // took is taken off, and a refresh that waited longer is due at once.
+    assert_eq!(POLICY.processing_reuse(), Duration::from_millis(950));
+    assert_eq!(
+        POLICY.refresh_reuse(Duration::ZERO),
+        POLICY.processing_reuse()
+    );
+    assert_eq!(
+        POLICY.refresh_reuse(Duration::from_millis(300)),
+        Duration::from_millis(650)
+    );
+    assert_eq!(POLICY.refresh_reuse(Duration::from_secs(2)), Duration::ZERO);
+}

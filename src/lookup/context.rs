@@ -11,6 +11,8 @@ use crate::task::CallerName;
 /// Who asks and until when.
 #[derive(Debug, Clone)]
 pub(crate) struct LookupContext {
+    /// When the caller asked (for a fetch: the lookup that started it).
+    pub asked_at: Instant,
     /// The caller's deadline (for a fetch: the fetch's own).
     pub deadline: Instant,
     /// Until when the caller waits for budget when nothing is known about the task:

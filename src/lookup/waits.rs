@@ -210,6 +210,7 @@ impl WaitService {
             }
             let now = self.lookup.clock().now();
             let context = LookupContext {
+                asked_at: now,
                 deadline: now + self.config.poll_timeout,
                 budget_wait_until: now + interval,
                 // Wanted until this poller's next ask, and then some.

@@ -494,3 +494,71 @@ async fn a_call_kept_for_callers_sent_away_lasts_as_long_as_its_queue_however_fa
     assert_eq!(app.fake.call_count(), tasks.count(), "one call per task");
     app.fake.assert_at_most_in_any_second(10);
 }
+
+#[actix_rt::test]
+async fn a_refresh_that_waited_for_its_slot_is_due_again_an_interval_after_it_was_asked() {
+    // One call a second. A known processing task is polled as it goes stale, just as a new task
+    // asks for the next slot: the new task goes first, so the refresh is made a second after it
+    // was asked (its caller is answered at once from what is known). A poller comes back an
+    // interval after it asked, which is less than an interval after that late send: the status
+    // is due again then, not reused for a whole interval from the send. (Reused so, a poll was a
+    // hit and the next refresh asked only at the poll after: under exact saturation tasks were
+    // refreshed at every other poll and completions seen up to two seconds late.)
+    let app = spawn_app_with(
+        FakeUpstream::start(),
+        &[
+            "--rate-limit",
+            "1",
+            "--processing-ttl",
+            "1s",
+            "--max-queue-wait",
+            "3s",
+        ],
+    )
+    .await;
+    let (known, new) = (75_000, 75_001);
+    app.fake.default_reply(Reply::Task(0));
+    assert_eq!(app.task(known).await.header("x-cache"), Some("miss"));
+    let first_sent = app.fake.calls()[0].at;
+
+    // Stale from 0.95 s on; the next slot comes a window after the first call.
+    tokio::time::sleep_until(first_sent + Duration::from_millis(960)).await;
+    let (new_answer, stale) = futures_util::join!(app.task(new), app.task(known));
+    assert_eq!(new_answer.status, 200);
+    assert_eq!(stale.header("x-cache"), Some("stale"), "answered at once");
+    app.fake
+        .until_calls("the refresh, a slot after the new task", |calls| {
+            calls.iter().filter(|c| c.flow_id == Some(known)).count() == 2
+        })
+        .await;
+    let calls = app.fake.calls();
+    let order: Vec<_> = calls.iter().filter_map(|c| c.flow_id).collect();
+    assert_eq!(order, [known, new, known], "the new task went first");
+    let refresh_sent = calls[2].at;
+    assert!(
+        refresh_sent >= first_sent + Duration::from_millis(1_900),
+        "the refresh waited a slot: sent {:?} after the first call",
+        refresh_sent - first_sent
+    );
+
+    // Less than an interval after the refresh was sent, more than one after it was asked.
+    tokio::time::sleep_until(refresh_sent + Duration::from_millis(300)).await;
+    let again = app.task(known).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(
+        again.header("x-cache"),
+        Some("stale"),
+        "due again an interval after it was asked"
+    );
+    assert_eq!(
+        again.header("age"),
+        Some("0"),
+        "its age counts from the send"
+    );
+    app.fake
+        .until_calls("the next refresh", |calls| {
+            calls.iter().filter(|c| c.flow_id == Some(known)).count() == 3
+        })
+        .await;
+    app.fake.assert_at_most_in_any_second(1);
+}
