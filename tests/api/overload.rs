@@ -34,6 +34,27 @@ async fn overloaded(extra: &[&str]) -> TestApp {
     app
 }
 
+/// A caller that does as it is told until its task's first answer: after each 503 it waits the
+/// `Retry-After` and asks again. Returns how many times it was refused; any other status fails.
+async fn refusals_until_answered(app: &TestApp, id: i64) -> usize {
+    let mut refused = 0;
+    loop {
+        let answer = app.task(id).await;
+        match answer.status {
+            200 => return refused,
+            503 => {
+                refused += 1;
+                let secs: u64 = answer.header("retry-after").unwrap().parse().unwrap();
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+            }
+            other => panic!(
+                "task {id} answered {other} after {refused} refusals: {}",
+                String::from_utf8_lossy(&answer.body)
+            ),
+        }
+    }
+}
+
 /// A gateway at 5 calls/s whose callers wait for budget 1 s at most, then are sent away.
 async fn callers_who_give_up_after_a_second() -> TestApp {
     spawn_app_with(
@@ -392,35 +413,15 @@ async fn a_caller_told_too_early_is_told_again_from_where_its_call_stands() {
     // takes 900 ms to answer: the first rounds of 5 slots come 1.9 s apart (calls that open
     // their connections, and the first on open ones, hold their whole answer time), not the 1 s
     // the first estimate (made before any answer) counts on, so the first Retry-After told is
-    // early. When
-    // a caller comes back too early and is sent away again, it is told from where its call
-    // stands then, not "1 s" again and again until its turn comes.
+    // early. When a caller comes back too early and is sent away again, it is told from where
+    // its call stands then, not "1 s" again and again until its turn comes.
     let app = callers_who_give_up_after_a_second().await;
     app.fake.default_reply(Reply::Delay(
         Duration::from_millis(900),
         Box::new(Reply::Task(0)),
     ));
     let tasks = 73_000..73_040;
-    let refusals = join_all(tasks.clone().map(|id| {
-        let app = &app;
-        async move {
-            // The caller does as it is told, until its first answer.
-            let mut refused = 0;
-            loop {
-                let answer = app.task(id).await;
-                match answer.status {
-                    200 => return refused,
-                    503 => {
-                        refused += 1;
-                        let secs: u64 = answer.header("retry-after").unwrap().parse().unwrap();
-                        tokio::time::sleep(Duration::from_secs(secs)).await;
-                    }
-                    other => panic!("answered {other}"),
-                }
-            }
-        }
-    }))
-    .await;
+    let refusals = join_all(tasks.clone().map(|id| refusals_until_answered(&app, id))).await;
     // The last calls come 8 rounds after the first, the first rounds 1.9 s apart: told "1 s"
     // each time, their callers would be refused several times over.
     let most = refusals.iter().max().copied().unwrap_or(0);
@@ -464,29 +465,7 @@ async fn a_call_kept_for_callers_sent_away_lasts_as_long_as_its_queue_however_fa
         Box::new(Reply::Task(0)),
     ));
     let tasks = 74_000..74_030;
-    let refusals = join_all(tasks.clone().map(|id| {
-        let app = &app;
-        async move {
-            // The caller does as it is told, until its first answer.
-            let mut refused = 0;
-            loop {
-                let answer = app.task(id).await;
-                match answer.status {
-                    200 => return refused,
-                    503 => {
-                        refused += 1;
-                        let secs: u64 = answer.header("retry-after").unwrap().parse().unwrap();
-                        tokio::time::sleep(Duration::from_secs(secs)).await;
-                    }
-                    other => panic!(
-                        "task {id} answered {other} after {refused} refusals: {}",
-                        String::from_utf8_lossy(&answer.body)
-                    ),
-                }
-            }
-        }
-    }))
-    .await;
+    let refusals = join_all(tasks.clone().map(|id| refusals_until_answered(&app, id))).await;
     assert!(
         refusals.iter().filter(|&&r| r > 0).count() >= 20,
         "most callers were sent away: {refusals:?}"
