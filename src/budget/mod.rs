@@ -4,8 +4,8 @@
 //! - `schedule`: who gets the next slot: unknown tasks first (fair across callers, `fair_queue`),
 //!   then refreshes that someone still wants, the stalest first; `interest`: what a call is worth
 //!   and until when anyone wants it
-//! - `dispatcher`: the budget every worker takes slots from and its dispatcher task;
-//!   `estimates`: when a queued call's slot is likely to come (`Retry-After`); `kept`: a
+//! - `dispatcher`: the budget every worker takes slots from and its dispatcher task (a call's
+//!   wait for a slot: `dispatcher/acquire.rs`); `estimates`: when a queued call's slot is likely to come (`Retry-After`); `kept`: a
 //!   call kept for the callers it sent away with a `Retry-After`; `place`: where a queued call
 //!   stands, for the `Retry-After` of callers answered while it waits
 //! - `lease_keeper`: in shared mode, the lease that caps the window and the task renewing it
