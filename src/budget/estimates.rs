@@ -51,6 +51,16 @@ impl Budget {
         Some(self.retry_after_secs_at(&mut locked, now, position))
     }
 
+    /// When the queued call `id` is likely to get its slot, from its place in the schedule as it
+    /// is now; `None` once it has left the schedule.
+    pub(super) fn slot_expected_for(&self, id: u64) -> Option<Instant> {
+        let now = self.clock.now();
+        let cap = self.expected_cap(now);
+        let mut locked = self.lock();
+        let position = locked.queue.position_of(id, now + self.config.window)?;
+        Some(locked.state.estimate_slot_at(now, position, cap))
+    }
+
     /// `Retry-After` for a newcomer of `priority`, from the schedule as it is now.
     pub(crate) fn retry_after_secs(&self, priority: Priority) -> u64 {
         let now = self.clock.now();

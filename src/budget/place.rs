@@ -8,6 +8,8 @@
 use std::fmt;
 use std::sync::Weak;
 
+use tokio::time::Instant;
+
 use super::dispatcher::Budget;
 
 /// Where a call waits in the budget's schedule.
@@ -26,6 +28,11 @@ impl Place {
     /// wait. `None` once the call has left the schedule.
     pub(crate) fn retry_after_secs(&self) -> Option<u64> {
         self.budget.upgrade()?.retry_after_for(self.id)
+    }
+
+    /// When the call is likely to get its slot, read now. `None` once it has left the schedule.
+    pub(crate) fn slot_expected_at(&self) -> Option<Instant> {
+        self.budget.upgrade()?.slot_expected_for(self.id)
     }
 }
 

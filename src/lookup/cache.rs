@@ -108,6 +108,9 @@ pub struct CachePolicy {
 /// A processing answer is due again in the last this-many-th of its interval.
 const PROCESSING_DUE_EARLY: u32 = 20;
 
+/// A refresh whose slot comes within this-many-th of the interval is waited for by its callers.
+const REFRESH_WAIT_SHARE: u32 = 10;
+
 impl CachePolicy {
     /// How long a processing answer is reused: its interval less a twentieth. A caller polling
     /// at the interval asks a moment before or after it has passed (a timer, a sleep after each
@@ -126,6 +129,20 @@ impl CachePolicy {
     /// two seconds late. Its `Age` still counts from the send.
     pub fn refresh_reuse(&self, queued: Duration) -> Duration {
         self.processing_reuse().saturating_sub(queued)
+    }
+
+    /// How soon a refresh's slot must be expected for its callers to wait for the fresh answer
+    /// rather than take the last known one at once: a tenth of the interval (100 ms at 1 s).
+    /// Without it, a poll that found every slot taken for a few tens of milliseconds more was
+    /// answered a status an interval old, and its refresh, made just after, was seen only at
+    /// the next poll; that poll came back a second later, a moment before the slot was free
+    /// again, and so did every one after it: a task answered from a refresh made just after the
+    /// poll before, its completion seen up to two intervals late (N = 20 at 20/s with three
+    /// replicas). Waiting the moment lengthens that caller's cycle by as much, so the slot is
+    /// free at its next poll. A refresh that has to queue longer (the budget short, not just
+    /// busy) is answered from what is known at once, as before.
+    pub fn refresh_wait(&self) -> Duration {
+        self.processing_ttl / REFRESH_WAIT_SHARE
     }
 }
 

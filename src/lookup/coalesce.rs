@@ -5,13 +5,15 @@
 //! fetch never holds anyone past theirs, and a caller that leaves cancels nothing. While pending,
 //! the channel carries the fetch's latest setback (throttled, queued for budget), so a caller
 //! whose wait ends learns the truthful reason rather than a bare timeout; a caller that holds a
-//! usable answer already takes the first setback as its cue to serve that answer instead.
+//! usable answer already takes the first setback as its cue to serve that answer instead, unless
+//! the fetch is queued for a slot expected within a moment (it waits that moment for it).
 //!
 //! Every lookup that joins extends the fetch's interest (`budget::Interest`): the fetch keeps its
 //! place in the schedule for as long as anyone wants it, and leaves it when nobody does.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -182,8 +184,13 @@ pub(super) enum Patience {
         budget_until: Instant,
         deadline: Instant,
     },
-    /// Holds a usable answer already: only until the fetch's first setback, or `deadline`.
-    UntilSetback { deadline: Instant },
+    /// Holds a usable answer already: only until the fetch's first setback, or `deadline`. A
+    /// fetch queued for a slot expected within `slot_within` is waited for that long first: the
+    /// fresh answer a moment later beats the one held (see `CachePolicy::refresh_wait`).
+    UntilSetback {
+        deadline: Instant,
+        slot_within: Duration,
+    },
 }
 
 /// Waits for a fetch's result as `patience` allows. A wait that ends early returns the fetch's
@@ -194,18 +201,33 @@ pub(super) async fn wait_for(
     clock: &dyn Clock,
 ) -> Result<Fetched, ApiError> {
     let deadline = match patience {
-        Patience::UntilDone { deadline, .. } | Patience::UntilSetback { deadline } => deadline,
+        Patience::UntilDone { deadline, .. } | Patience::UntilSetback { deadline, .. } => deadline,
     };
+    // For a caller holding an answer: until when it waits for a slot expected soon.
+    let mut slot_soon_until: Option<Instant> = None;
     loop {
         let now = clock.now();
         let wake = {
-            let progress = receiver.borrow_and_update();
-            let (setback, place) = match &*progress {
+            // Copied out and the channel released first: reading a place takes the budget's
+            // lock, under which the leader publishes that it queued.
+            let (setback, place) = match &*receiver.borrow_and_update() {
                 Progress::Done(result) => return result.clone(),
                 Progress::Pending { setback, place } => (setback.clone(), place.clone()),
             };
             match (patience, setback) {
-                (Patience::UntilSetback { .. }, Some((error, _))) => return Err(error),
+                (Patience::UntilSetback { slot_within, .. }, Some((error, _))) => {
+                    let until = *slot_soon_until.get_or_insert_with(|| {
+                        let soon = now + slot_within;
+                        match place.as_ref().and_then(Place::slot_expected_at) {
+                            Some(slot_at) if slot_at <= soon => soon,
+                            _ => now,
+                        }
+                    });
+                    if now >= until.min(deadline) {
+                        return Err(error);
+                    }
+                    until.min(deadline)
+                }
                 (
                     Patience::UntilDone { budget_until, .. },
                     Some((ApiError::BudgetExhausted { retry_after_secs }, since)),
@@ -243,7 +265,6 @@ pub(super) async fn wait_for(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn one_fetch_per_task_and_every_ask_extends_its_interest() {

@@ -2,9 +2,10 @@
 //! and back: store by status, post to the answer board, wake the followers.
 //!
 //! 1. A fresh cached answer is served at once (`X-Cache: hit`).
-//! 2. A processing answer past its interval is refreshed: when a slot is free at once, the caller
-//!    waits for the fresh answer as before; when the budget is short (the refresh has to queue,
-//!    or is throttled), the caller gets the last known answer at once with its true `Age`
+//! 2. A processing answer past its interval is refreshed: when a slot is free at once, or
+//!    expected within a tenth of the interval (`CachePolicy::refresh_wait`), the caller waits for
+//!    the fresh answer; when the budget is short (the refresh has to queue longer, or is
+//!    throttled), the caller gets the last known answer at once with its true `Age`
 //!    (`X-Cache: stale`, stale-while-revalidate) and the refresh keeps its turn in the schedule,
 //!    by staleness, for as long as anyone asks. A refresh that fails is answered the same way
 //!    while stale-if-error allows.
@@ -131,6 +132,7 @@ impl LookupService {
                 wanted_until: now + inner.refresh_interest.max(context.wanted_for),
                 patience: Patience::UntilSetback {
                     deadline: context.deadline,
+                    slot_within: inner.cache.policy().refresh_wait(),
                 },
             },
             // Unknown: the caller waits for budget, until its call could still be answered

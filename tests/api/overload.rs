@@ -541,3 +541,96 @@ async fn a_refresh_that_waited_for_its_slot_is_due_again_an_interval_after_it_wa
         .await;
     app.fake.assert_at_most_in_any_second(1);
 }
+
+#[actix_rt::test]
+async fn a_poll_whose_refresh_has_its_slot_a_moment_later_waits_for_the_fresh_answer() {
+    // One call a second, each counted 1.1 s beyond its window (a wide margin places the slot
+    // precisely); the processing interval 2 s, so a status is due again at 1.9 s and its
+    // callers wait for a refresh whose slot comes within a tenth of that (200 ms). Polled at
+    // 2 s, the slot is 100 ms away: the caller is answered what the refresh learns (here, the
+    // completion), not a status two seconds old with the completion left for its next poll.
+    let app = spawn_app_with(
+        FakeUpstream::start(),
+        &[
+            "--rate-limit",
+            "1",
+            "--processing-ttl",
+            "2s",
+            "--rate-window-margin",
+            "1100ms",
+        ],
+    )
+    .await;
+    let id = 76_000;
+    app.fake.script(id, Reply::Task(0));
+    assert_eq!(app.task(id).await.json()["status"], "processing");
+    let first_sent = app.fake.calls()[0].at;
+    app.fake.rescript(id, Reply::Task(1));
+
+    tokio::time::sleep_until(first_sent + Duration::from_secs(2)).await;
+    let polled = Instant::now();
+    let answer = app.task(id).await;
+
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.json()["status"],
+        "succeeded",
+        "the caller waited for the refresh (x-cache {:?})",
+        answer.header("x-cache")
+    );
+    assert_eq!(answer.header("x-cache"), Some("miss"));
+    let calls = app.fake.calls();
+    assert_eq!(calls.len(), 2, "one refresh");
+    assert!(calls[1].at >= polled, "made for this poll");
+    app.fake.assert_at_most_in_any_second(1);
+}
+
+#[actix_rt::test]
+async fn a_caller_waits_for_a_queued_refresh_only_once_its_slot_is_a_moment_away() {
+    // One call a second, each counted 3 s beyond its window, so the slot after the first call
+    // comes 4 s after it; the processing interval 2 s (due again at 1.9 s; a tenth is 200 ms).
+    // Polled at 2 s, the refresh's slot is 2 s away: the last known status at once. Polled
+    // again at 3.9 s, the same queued refresh is 100 ms from its slot: the caller waits for it.
+    let app = spawn_app_with(
+        FakeUpstream::start(),
+        &[
+            "--rate-limit",
+            "1",
+            "--processing-ttl",
+            "2s",
+            "--rate-window-margin",
+            "3s",
+        ],
+    )
+    .await;
+    let id = 76_001;
+    app.fake.script(id, Reply::Task(0));
+    assert_eq!(app.task(id).await.json()["status"], "processing");
+    let first_sent = app.fake.calls()[0].at;
+    app.fake.rescript(id, Reply::Task(1));
+
+    tokio::time::sleep_until(first_sent + Duration::from_secs(2)).await;
+    let far = app.task(id).await;
+    assert_eq!(far.json()["status"], "processing");
+    assert_eq!(far.header("x-cache"), Some("stale"), "answered at once");
+    assert_eq!(app.fake.call_count(), 1, "the refresh waits for its slot");
+
+    tokio::time::sleep_until(first_sent + Duration::from_millis(3_900)).await;
+    let polled = Instant::now();
+    let near = app.task(id).await;
+    assert_eq!(
+        near.json()["status"],
+        "succeeded",
+        "the caller waited for the queued refresh (x-cache {:?})",
+        near.header("x-cache")
+    );
+    assert_eq!(
+        near.header("x-cache"),
+        Some("shared"),
+        "the refresh queued before"
+    );
+    let calls = app.fake.calls();
+    assert_eq!(calls.len(), 2, "one refresh");
+    assert!(calls[1].at >= polled, "made while the second poll waited");
+    app.fake.assert_at_most_in_any_second(1);
+}
