@@ -1,6 +1,8 @@
 //! What the budget tells callers about time: when a queued call's slot is likely to come, as
-//! `Retry-After` for callers sent away (from where the call stands when each is answered) and as
-//! the bound of a fetch that waits for a slot. Estimates only; nothing here takes a slot.
+//! `Retry-After` for callers sent away (from where the call stands when each is answered), as
+//! the bound of a fetch that waits for a slot, and as the instant a caller holding an answer
+//! judges whether the fresh one is worth a moment's wait. Estimates only; nothing here takes a
+//! slot.
 
 use std::time::Duration;
 

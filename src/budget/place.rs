@@ -3,7 +3,8 @@
 //! made when the call queued. An estimate made at a burst's first instant counts on a pace and a
 //! share that may not hold (the upstream answering slower at first, a replica alone until the
 //! others renew their leases); read later, it corrects itself, and a caller told too early is
-//! not told "1 s" again and again while the call waits its turn.
+//! not told "1 s" again and again while the call waits its turn. A caller that holds a usable
+//! answer reads from it whether the slot is a moment away, and then waits for the fresh answer.
 
 use std::fmt;
 use std::sync::Weak;
