@@ -77,10 +77,20 @@ pub async fn spawn_app_with(fake: FakeUpstream, extra: &[&str]) -> TestApp {
     }
 }
 
+/// How long the test client keeps an idle connection to taskgate for reuse: less than the
+/// server's keep-alive (actix-web's 5 s). A caller that waits out a `Retry-After` of 5 s and then
+/// reuses its connection could otherwise send its request just as the server closes it, and awc
+/// does not send an idempotent request again on a connection that was closed under it.
+const IDLE_CONNECTION_REUSE: Duration = Duration::from_secs(3);
+
 /// A client that can hold many connections at once (for herd tests).
 pub fn client() -> awc::Client {
     awc::Client::builder()
-        .connector(awc::Connector::new().limit(1000))
+        .connector(
+            awc::Connector::new()
+                .limit(1000)
+                .conn_keep_alive(IDLE_CONNECTION_REUSE),
+        )
         .timeout(Duration::from_secs(60))
         .finish()
 }
