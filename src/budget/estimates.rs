@@ -47,18 +47,20 @@ impl Budget {
     /// it is now; `None` once it has left the schedule.
     pub(super) fn retry_after_for(&self, id: u64) -> Option<u64> {
         let now = self.clock.now();
-        let mut locked = self.lock();
-        // Callers whose waits end within a window are about to be sent away too.
-        let position = locked.queue.position_of(id, now + self.config.window)?;
-        Some(self.retry_after_secs_at(&mut locked, now, position))
+        let at = self.slot_expected_at(id, now)?;
+        Some(self.config.retry_after_secs(now, at))
     }
 
     /// When the queued call `id` is likely to get its slot, from its place in the schedule as it
     /// is now; `None` once it has left the schedule.
     pub(super) fn slot_expected_for(&self, id: u64) -> Option<Instant> {
-        let now = self.clock.now();
+        self.slot_expected_at(id, self.clock.now())
+    }
+
+    fn slot_expected_at(&self, id: u64, now: Instant) -> Option<Instant> {
         let cap = self.expected_cap(now);
         let mut locked = self.lock();
+        // Callers whose waits end within a window are about to be sent away too.
         let position = locked.queue.position_of(id, now + self.config.window)?;
         Some(locked.state.estimate_slot_at(now, position, cap))
     }

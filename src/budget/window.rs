@@ -278,10 +278,7 @@ impl BudgetState {
         }
     }
 
-    /// `Retry-After` for a newcomer at `position`, in whole seconds (at least 1). It asks the
-    /// caller back a little before the slot is expected (half a queue wait, at most a second):
-    /// back early, the caller waits for the call in the queue and has the answer the moment it
-    /// comes; back late, the answer waits for the caller.
+    /// `Retry-After` for a newcomer at `position`, in whole seconds (at least 1).
     pub(super) fn retry_after_secs(
         &mut self,
         now: Instant,
@@ -289,7 +286,17 @@ impl BudgetState {
         expected: Option<f64>,
     ) -> u64 {
         let at = self.estimate_slot_at(now, position, expected);
-        let early = (self.config.max_queue_wait / 2).min(self.config.window);
+        self.config.retry_after_secs(now, at)
+    }
+}
+
+impl BudgetConfig {
+    /// `Retry-After` at `now` for a call whose slot is expected `at`, in whole seconds (at least
+    /// 1). It asks the caller back a little before the slot is expected (half a queue wait, at
+    /// most a second): back early, the caller waits for the call in the queue and has the answer
+    /// the moment it comes; back late, the answer waits for the caller.
+    pub(super) fn retry_after_secs(&self, now: Instant, at: Instant) -> u64 {
+        let early = (self.max_queue_wait / 2).min(self.window);
         ceil_secs(at.saturating_duration_since(now).saturating_sub(early)).max(1)
     }
 }
