@@ -64,6 +64,33 @@ async fn callers_who_give_up_after_a_second() -> TestApp {
     .await
 }
 
+/// One call a second, each counted `margin` beyond its window (a wide margin places the next slot
+/// precisely), and a processing interval of 2 s (due again at 1.9 s; a tenth is 200 ms): task
+/// `id` is answered `processing` once, and completes upstream right after. Returns the gateway
+/// and when that first call reached the fake.
+async fn known_task_completing_behind_one_call_a_second(
+    id: i64,
+    margin: &str,
+) -> (TestApp, Instant) {
+    let app = spawn_app_with(
+        FakeUpstream::start(),
+        &[
+            "--rate-limit",
+            "1",
+            "--processing-ttl",
+            "2s",
+            "--rate-window-margin",
+            margin,
+        ],
+    )
+    .await;
+    app.fake.script(id, Reply::Task(0));
+    assert_eq!(app.task(id).await.json()["status"], "processing");
+    let first_sent = app.fake.calls()[0].at;
+    app.fake.rescript(id, Reply::Task(1));
+    (app, first_sent)
+}
+
 #[actix_rt::test]
 async fn a_known_task_is_answered_at_once_with_its_true_age_never_refused() {
     let app = overloaded(&[]).await;
@@ -549,23 +576,8 @@ async fn a_poll_whose_refresh_has_its_slot_a_moment_later_waits_for_the_fresh_an
     // callers wait for a refresh whose slot comes within a tenth of that (200 ms). Polled at
     // 2 s, the slot is 100 ms away: the caller is answered what the refresh learns (here, the
     // completion), not a status two seconds old with the completion left for its next poll.
-    let app = spawn_app_with(
-        FakeUpstream::start(),
-        &[
-            "--rate-limit",
-            "1",
-            "--processing-ttl",
-            "2s",
-            "--rate-window-margin",
-            "1100ms",
-        ],
-    )
-    .await;
     let id = 76_000;
-    app.fake.script(id, Reply::Task(0));
-    assert_eq!(app.task(id).await.json()["status"], "processing");
-    let first_sent = app.fake.calls()[0].at;
-    app.fake.rescript(id, Reply::Task(1));
+    let (app, first_sent) = known_task_completing_behind_one_call_a_second(id, "1100ms").await;
 
     tokio::time::sleep_until(first_sent + Duration::from_secs(2)).await;
     let polled = Instant::now();
@@ -591,23 +603,8 @@ async fn a_caller_waits_for_a_queued_refresh_only_once_its_slot_is_a_moment_away
     // comes 4 s after it; the processing interval 2 s (due again at 1.9 s; a tenth is 200 ms).
     // Polled at 2 s, the refresh's slot is 2 s away: the last known status at once. Polled
     // again at 3.9 s, the same queued refresh is 100 ms from its slot: the caller waits for it.
-    let app = spawn_app_with(
-        FakeUpstream::start(),
-        &[
-            "--rate-limit",
-            "1",
-            "--processing-ttl",
-            "2s",
-            "--rate-window-margin",
-            "3s",
-        ],
-    )
-    .await;
     let id = 76_001;
-    app.fake.script(id, Reply::Task(0));
-    assert_eq!(app.task(id).await.json()["status"], "processing");
-    let first_sent = app.fake.calls()[0].at;
-    app.fake.rescript(id, Reply::Task(1));
+    let (app, first_sent) = known_task_completing_behind_one_call_a_second(id, "3s").await;
 
     tokio::time::sleep_until(first_sent + Duration::from_secs(2)).await;
     let far = app.task(id).await;
